@@ -1,7 +1,12 @@
-"""`wakeline` subcommands of this area (registered by services.cli)."""
+"""`wakeline kws ...`: keyword-spotting data, training, export and evaluation."""
 
 from __future__ import annotations
 
+from services.cli import kws_eval, kws_train
+from services.cli.common import add_group
+
 
 def register(sub) -> None:
-    """No commands yet: each is added here once it works."""
+    grp = add_group(sub, "kws", "Keyword spotting: data, training, export, evaluation")
+    kws_eval.register(grp)   # data build, score, detect, eval, bench, baseline
+    kws_train.register(grp)  # train, export

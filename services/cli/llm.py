@@ -1,7 +1,12 @@
-"""`wakeline` subcommands of this area (registered by services.cli)."""
+"""`wakeline llm ...`: the LLM engine and service."""
 
 from __future__ import annotations
 
+from services.cli import llm_calibrate, llm_serve
+from services.cli.common import add_group
+
 
 def register(sub) -> None:
-    """No commands yet: each is added here once it works."""
+    grp = add_group(sub, "llm", "LLM engine and service")
+    llm_serve.register(grp)      # serve, generate, info
+    llm_calibrate.register(grp)  # calibrate (quantized all-reduce)
