@@ -1,0 +1,85 @@
+"""The offline phonemizer: CMUdict words, OOV words, numbers, punctuation, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from edge.phonemizer import PHONEMES, WORD_BOUNDARY, Phonemizer, edit_distance, strip_stress
+
+
+@pytest.fixture(scope="module")
+def ph() -> Phonemizer:
+    return Phonemizer()
+
+
+def test_inventory_is_39_arpabet_without_stress():
+    assert len(PHONEMES) == 39 == len(set(PHONEMES))
+    assert WORD_BOUNDARY not in PHONEMES
+    assert all(not p[-1].isdigit() for p in PHONEMES)
+    assert strip_stress(["AY1", "T", "<unk>", "UW0"]) == ["AY", "T", "UW"]
+
+
+def test_known_words(ph):
+    assert ph.phonemize("lights on") == [["L", "AY", "T", "S"], ["AA", "N"]]
+    assert ph.phonemize("Stop MUSIC") == [["S", "T", "AA", "P"], ["M", "Y", "UW", "Z", "IH", "K"]]
+    assert ph.flat("lights on", boundaries=True) == ["L", "AY", "T", "S", WORD_BOUNDARY, "AA", "N"]
+
+
+def test_numbers_are_spelled_out(ph):
+    assert ph.phonemize("turn on light 2") == [["T", "ER", "N"], ["AA", "N"], ["L", "AY", "T"], ["T", "UW"]]
+    assert ph.normalize("room 21") == ["room", "twenty", "one"]
+
+
+def test_punctuation_is_stripped(ph):
+    assert ph.phonemize("Hey, lights... on!?") == ph.phonemize("hey lights on")
+    assert ph.normalize("rock-and-roll, don't") == ["rock", "and", "roll", "don't"]
+
+
+def test_oov_word_goes_through_the_neural_model(ph):
+    out = ph.phonemize("zorblax wakeline")
+    assert len(out) == 2
+    for word in out:
+        assert word and all(p in PHONEMES for p in word)
+    # the model should get the obvious consonants right
+    assert out[0][0] == "Z" and "B" in out[0] and out[0][-1] == "S"
+    assert out[1][0] == "W" and "K" in out[1] and out[1][-1] == "N"
+
+
+@pytest.mark.parametrize("text", ["", "   ", "?!.", "你好", "привет мир", "lights 你好", None])
+def test_empty_or_non_english_text_raises(ph, text):
+    with pytest.raises(ValueError, match="phonemize"):
+        ph.phonemize(text)
+
+
+def test_without_oov_model_unknown_words_raise():
+    strict = Phonemizer(oov=False)
+    assert strict.phonemize("hello") == [["HH", "AH", "L", "OW"]]
+    with pytest.raises(ValueError, match="not in CMUdict"):
+        strict.phonemize("zorblaxify")
+
+
+def test_edit_distance():
+    assert edit_distance([], []) == 0
+    assert edit_distance(list("kitten"), list("sitting")) == 3
+    assert edit_distance(["L", "AY", "T"], ["L", "AY", "T", "S"]) == 1
+    assert edit_distance(["A", "B"], []) == 2
+
+
+def test_no_torch_and_no_network_on_import():
+    code = (
+        "import sys, nltk\n"
+        "def boom(*a, **k): raise SystemExit('download attempted')\n"
+        "nltk.download = boom\n"
+        "from edge.phonemizer import Phonemizer\n"
+        "p = Phonemizer().warmup()\n"
+        "assert p.phonemize('frobnicate 7')[-1] == ['S', 'EH', 'V', 'AH', 'N']\n"
+        "assert 'torch' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+    assert "nltk_data" not in out.stderr  # NLTK prints [nltk_data] ... when it tries to download
