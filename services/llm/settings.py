@@ -1,0 +1,53 @@
+"""Settings of the LLM service (env prefix WAKELINE_LLM_), built once in `main()` and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class LlmSettings(BaseSettings):
+    """Everything `wakeline llm serve` can be told, from flags or WAKELINE_LLM_* variables."""
+
+    model_config = SettingsConfigDict(env_prefix="WAKELINE_LLM_", extra="ignore")
+
+    model: Path = Field(Path("models/llm/dense"), description="Hugging Face model folder")
+    device: str = Field("cpu", description="cpu or cuda")
+    dtype: str | None = Field(None, description="bfloat16, float16, float32; None = engine default")
+    tp: int = Field(1, ge=1, description="tensor-parallel degree")
+    host: str = "127.0.0.1"
+    port: int = Field(50061, ge=0, le=65535)
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off")
+
+    # Admission control: over either bound a request is refused at once (RESOURCE_EXHAUSTED).
+    max_pending_requests: int = Field(64, ge=1, description="requests queued or running")
+    max_pending_tokens: int = Field(65536, ge=1, description="prompt + max_tokens over pending requests")
+    default_max_tokens: int = Field(128, ge=1)
+    max_tokens_limit: int = Field(2048, ge=1, description="upper bound on a request's max_tokens")
+    # Engine knobs, passed through when the engine supports them.
+    max_batch_size: int | None = Field(None, ge=1)
+    max_prefill_tokens_per_step: int | None = Field(256, ge=1, description="chunked-prefill budget")
+    warmup: bool = True
+
+    auth_tokens: str = Field("", description="comma-separated bearer tokens; empty = no auth")
+    auth_tokens_file: Path | None = Field(None, description="file with one bearer token per line")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    grace_s: float = Field(5.0, ge=0, description="drain period on SIGTERM")
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda[:N], got {v!r}")
+        return v
+
+    def tokens(self) -> set[str]:
+        """The accepted bearer tokens (from `auth_tokens` and `auth_tokens_file`); empty = open."""
+        out = {t.strip() for t in self.auth_tokens.split(",") if t.strip()}
+        if self.auth_tokens_file:
+            out |= {ln.strip() for ln in Path(self.auth_tokens_file).read_text().splitlines() if ln.strip()}
+        return out
