@@ -1,0 +1,1 @@
+"""Speech data engine: synthesis (eSpeak NG in process, Flite), augmentation, lexicon, manifests."""
