@@ -164,8 +164,11 @@ class EngineRunner:
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
         """Token ids of a chat rendered with the model's chat template (generation prompt added)."""
-        ids = self.tokenizer.apply_chat_template(messages)
-        return list(self.tokenizer.encode(ids)) if isinstance(ids, str) else list(ids)
+        try:  # ids straight from the template: the rendered text already carries its BOS if any
+            out = self.tokenizer.apply_chat_template(messages, tokenize=True)
+        except TypeError:
+            out = self.tokenizer.apply_chat_template(messages)
+        return list(self.tokenizer.encode(out)) if isinstance(out, str) else list(out)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text))

@@ -1,0 +1,1 @@
+"""`wakeline up`: the whole stack (Redis, LLM service, worker, edge node) as supervised processes."""
