@@ -1,0 +1,222 @@
+"""Low-bit all-reduce for tensor-parallel activations (after arXiv 2411.07942).
+
+The partial sums that row-parallel layers reduce have a few channels with consistently large
+magnitude. Calibration records per-channel ranges of each site's partials (EMA of the per-batch
+absmax over calibration prompts); the top-k channels (k ~ hidden/64, the largest range on any rank)
+travel exactly in bf16 and every other value as a 4-bit code in groups of G channels with one fp16
+scale per group. Two ways to reduce:
+
+- one-shot: all-gather every rank's quantized partial, then each rank dequantizes and sums all W
+  in fp32 (one quantization error, (W-1) x payload received per rank);
+- two-shot: all-to-all row chunks, each rank dequantizes + sums its chunk, re-quantizes it and
+  all-gathers the chunks (two quantization errors, 2 (W-1)/W x payload per rank).
+
+All ranks compute bit-identical results in both modes (they reduce the same bytes in the same order).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from llm.kernels import dequant_sum as ds
+from llm.kernels import quantize_pack as qp
+
+log = logging.getLogger(__name__)
+
+_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+CALIB_VERSION = 1
+# Messages below this many bytes take plain all-reduce: there the collective is latency-bound and
+# quantizing only adds kernel time. Measured on 2 x H200 (NVLink) by bench/tp_comm.py; see docs/tp.md.
+DEFAULT_MIN_BYTES = 1 << 20
+
+
+@dataclass
+class QuantCommConfig:
+    """How the quantized all-reduce encodes and moves data."""
+
+    group_size: int = 128
+    outlier_div: int = 64          # k = hidden // outlier_div outlier channels; 0 = naive int4
+    mode: str = "one_shot"         # or "two_shot"
+    min_bytes: int = DEFAULT_MIN_BYTES
+    use_triton: bool | None = None  # None: Triton kernels on CUDA, torch reference elsewhere
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("one_shot", "two_shot"):
+            raise ValueError(f"mode must be one_shot or two_shot, got {self.mode!r}")
+        if self.group_size <= 0 or self.group_size % 2:
+            raise ValueError(f"group_size must be a positive even number, got {self.group_size}")
+        if self.outlier_div < 0:
+            raise ValueError("outlier_div must be >= 0")
+
+    def n_outliers(self, hidden: int) -> int:
+        return 0 if self.outlier_div == 0 else max(1, hidden // self.outlier_div)
+
+
+@dataclass
+class Calibration:
+    """Per-site per-rank channel ranges [W, H], versioned with the checkpoint and the TP degree."""
+
+    ranges: dict[str, torch.Tensor]
+    tp: int
+    checkpoint: str = ""
+    n_prompts: int = 0
+    ema: float = 0.9
+    meta: dict = field(default_factory=dict)
+
+    def outliers(self, site: str, k: int) -> torch.Tensor:
+        """The k channels with the largest calibrated range on any rank, sorted (int32)."""
+        if k == 0:
+            return torch.zeros(0, dtype=torch.int32)
+        r = self.ranges[site].float().amax(dim=0)
+        return torch.topk(r, k).indices.sort().values.to(torch.int32)
+
+    def save(self, path: str) -> None:
+        """Write a small safetensors file with the version, checkpoint hash and TP degree as metadata."""
+        from safetensors.torch import save_file
+
+        meta = {"version": str(CALIB_VERSION), "tp": str(self.tp), "checkpoint": self.checkpoint,
+                "n_prompts": str(self.n_prompts), "ema": str(self.ema), "extra": json.dumps(self.meta)}
+        save_file({k: v.contiguous().float() for k, v in self.ranges.items()}, path, metadata=meta)
+
+    @classmethod
+    def load(cls, path: str, tp: int | None = None, checkpoint: str | None = None) -> Calibration:
+        """Read a calibration file; raise ValueError if it was made for another TP degree or checkpoint."""
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+            ranges = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        if int(meta.get("version", -1)) != CALIB_VERSION:
+            raise ValueError(f"{path}: calibration version {meta.get('version')} != {CALIB_VERSION}")
+        cal = cls(ranges=ranges, tp=int(meta["tp"]), checkpoint=meta.get("checkpoint", ""),
+                  n_prompts=int(meta.get("n_prompts", 0)), ema=float(meta.get("ema", 0.9)),
+                  meta=json.loads(meta.get("extra", "{}")))
+        if tp is not None and cal.tp != tp:
+            raise ValueError(f"{path}: calibrated for TP={cal.tp}, running TP={tp}")
+        if checkpoint and cal.checkpoint and cal.checkpoint != checkpoint:
+            raise ValueError(f"{path}: calibrated for checkpoint {cal.checkpoint}, loaded {checkpoint}")
+        return cal
+
+
+class RangeRecorder:
+    """Calibration observer for `comm`: EMA of per-channel absmax of each site's local partial."""
+
+    def __init__(self, ema: float = 0.9) -> None:
+        self.ema = ema
+        self.ranges: dict[str, torch.Tensor] = {}
+
+    def __call__(self, site: str, x: torch.Tensor) -> None:
+        cur = x.detach().reshape(-1, x.shape[-1]).abs().amax(dim=0).float().cpu()
+        prev = self.ranges.get(site)
+        self.ranges[site] = cur if prev is None else self.ema * prev + (1 - self.ema) * cur
+
+    def gather(self, group=None) -> dict[str, torch.Tensor]:
+        """Stack every rank's ranges into [W, H] per site (collective: call on all ranks)."""
+        w = dist.get_world_size(group) if dist.is_initialized() else 1
+        out = {}
+        for site in sorted(self.ranges):
+            r = self.ranges[site]
+            if w == 1:
+                out[site] = r[None]
+                continue
+            parts = [torch.empty_like(r) for _ in range(w)]
+            dist.all_gather(parts, r, group=group)
+            out[site] = torch.stack(parts)
+        return out
+
+
+class _Site:
+    """A site's outlier channels on the device, built lazily on first use."""
+
+    def __init__(self, idx: torch.Tensor, hidden: int, device: torch.device) -> None:
+        self.idx = idx.to(device=device, dtype=torch.int32)
+        self.idx_long = self.idx.long()
+        self.mask = torch.zeros(hidden, dtype=torch.int8, device=device)
+        self.mask[self.idx_long] = 1
+
+
+class QuantAllReduce:
+    """The quantized all-reduce of one process group, with per-site calibrated outliers."""
+
+    def __init__(self, cfg: QuantCommConfig, calib: Calibration | None = None, group=None) -> None:
+        self.cfg = cfg
+        self.calib = calib
+        self.group = group
+        self._sites: dict[tuple[str, int, str], _Site] = {}
+
+    def _site(self, site: str, hidden: int, device: torch.device) -> _Site:
+        key = (site, hidden, str(device))
+        s = self._sites.get(key)
+        if s is None:
+            k = self.cfg.n_outliers(hidden)
+            if k and (self.calib is None or site not in self.calib.ranges):
+                raise KeyError(f"no calibration for site {site!r}")
+            idx = self.calib.outliers(site, k) if k else torch.zeros(0, dtype=torch.int32)
+            s = self._sites[key] = _Site(idx, hidden, device)
+        return s
+
+    def bits_per_value(self, hidden: int, rows: int = 1) -> float:
+        """Average bits per value on the wire (codes + fp16 scales + bf16 outliers; indices are static)."""
+        return qp.layout(rows, hidden, self.cfg.group_size, self.cfg.n_outliers(hidden)).bits_per_value
+
+    def _triton(self, x: torch.Tensor) -> bool:
+        if self.cfg.use_triton is not None:
+            return self.cfg.use_triton
+        return x.is_cuda and qp.triton is not None
+
+    def quantize(self, x2: torch.Tensor, s: _Site, out: torch.Tensor | None = None) -> torch.Tensor:
+        if self._triton(x2):
+            return qp.quantize_pack(x2, s.idx, s.mask, self.cfg.group_size, out=out)
+        return qp.quantize_pack_ref(x2, s.idx_long, self.cfg.group_size, out=out)
+
+    def dequant_sum(self, bufs: torch.Tensor, lay: qp.Layout, s: _Site, dtype: torch.dtype,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+        if self._triton(bufs):
+            return ds.dequant_sum(bufs, lay, s.idx, s.mask, out_dtype=dtype, out=out)
+        res = ds.dequant_sum_ref(bufs, lay, s.idx_long, out_dtype=dtype)
+        if out is not None:
+            out.copy_(res)
+            return out
+        return res
+
+    def __call__(self, x: torch.Tensor, site: str) -> torch.Tensor:
+        """Sum x over the group with low-bit messages; returns a new tensor of x's shape and dtype."""
+        shape, h = x.shape, x.shape[-1]
+        x2 = x.reshape(-1, h)
+        s = self._site(site, h, x.device)
+        w = dist.get_world_size(self.group)
+        if self.cfg.mode == "two_shot" and x2.shape[0] >= w:
+            return self._two_shot(x2, s, w).view(shape)
+        lay = qp.layout(x2.shape[0], h, self.cfg.group_size, s.idx.numel())
+        mine = self.quantize(x2, s)
+        bufs = torch.empty(w, lay.total, dtype=torch.uint8, device=x.device)
+        _gather(bufs.view(-1), mine, group=self.group)
+        return self.dequant_sum(bufs, lay, s, x.dtype).view(shape)
+
+    def _two_shot(self, x2: torch.Tensor, s: _Site, w: int) -> torch.Tensor:
+        n, h = x2.shape
+        rows = -(-n // w)
+        if rows * w != n:
+            x2 = torch.nn.functional.pad(x2, (0, 0, 0, rows * w - n))
+        lay = qp.layout(rows, h, self.cfg.group_size, s.idx.numel())
+        send = torch.empty(w, lay.total, dtype=torch.uint8, device=x2.device)
+        for r in range(w):
+            self.quantize(x2[r * rows:(r + 1) * rows], s, out=send[r])
+        recv = torch.empty_like(send)
+        dist.all_to_all_single(recv.view(-1), send.view(-1), group=self.group)
+        chunk = self.dequant_sum(recv, lay, s, torch.float32)
+        mine = self.quantize(chunk, s)
+        bufs = torch.empty_like(send)
+        _gather(bufs.view(-1), mine, group=self.group)
+        out = torch.empty(rows * w, h, dtype=x2.dtype, device=x2.device)
+        for r in range(w):
+            self.dequant_sum(bufs[r:r + 1], lay, s, x2.dtype, out=out[r * rows:(r + 1) * rows])
+        return out[:n]
+
+    def describe(self) -> dict:
+        return {**asdict(self.cfg), "calibrated_sites": len(self.calib.ranges) if self.calib else 0}
