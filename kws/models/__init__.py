@@ -1,0 +1,1 @@
+"""Keyword-spotting networks: the streaming audio encoder."""
