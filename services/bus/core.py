@@ -145,6 +145,8 @@ class Bus:
             health_check_interval=30,
             decode_responses=False,
         )
+        pool = self.redis.connection_pool
+        pool.connection_class = _hiredis_packing(pool.connection_class)
 
     async def ping(self) -> bool:
         """True when Redis answers now."""
@@ -179,6 +181,31 @@ class Bus:
         if self._stop:
             self._stop()
             self._stop = None
+
+
+def _hiredis_packing(cls):
+    """`cls` packing commands with hiredis (C) instead of Python, ~4x cheaper per XADD.
+
+    redis.asyncio parses replies with hiredis but still packs commands in Python; the sync
+    client already does this.
+    """
+    try:
+        import hiredis
+    except ImportError:
+        return cls
+    from redis.exceptions import DataError
+
+    def pack_command(self, *args):
+        if isinstance(args[0], str):
+            args = tuple(args[0].encode().split()) + args[1:]
+        elif b" " in args[0]:
+            args = tuple(args[0].split()) + args[1:]
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError as e:
+            raise DataError(str(e)) from e
+
+    return type(cls.__name__, (cls,), {"pack_command": pack_command})
 
 
 def redact(url: str) -> str:
