@@ -1,0 +1,100 @@
+"""CUDA-graph replay of the decode step.
+
+A decode step of a small model at batch 1 is launch-bound (hundreds of small kernels), so the
+engine captures one graph per (batch bucket, attended-length bucket) and replays it. The batch of
+a graph is the KV-cache slots 0..B-1 (the engine keeps running requests in the lowest slots):
+rows whose slot is free or still prefilling are "parked" at the spare last cache position, where
+their writes harm nobody and their logits are ignored. Graphs are captured lazily on first use
+and share one memory pool.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from llm.moe import MoE
+
+log = logging.getLogger(__name__)
+
+
+def _buckets(lo: int, hi: int) -> list[int]:
+    out, b = [], lo
+    while b < hi:
+        out.append(b)
+        b *= 2
+    return [*out, hi]
+
+
+class DecodeGraphs:
+    """Captured decode steps for `model` (its caches already set up with `cache_len` positions)."""
+
+    def __init__(self, model, max_batch: int, cache_len: int, min_kv: int = 256):
+        self.model = model
+        self.cache_len = cache_len
+        self.batch_buckets = _buckets(1, max_batch)
+        self.kv_buckets = _buckets(min(min_kv, cache_len), cache_len)
+        self.graphs: dict[tuple[int, int], tuple] = {}
+        self.failed: set[tuple[int, int]] = set()
+        self.pool = None
+
+    def enabled(self, model) -> bool:
+        """Graphs replay no Python: off while a routing observer or attention capture is on."""
+        for m in model.modules():
+            if isinstance(m, MoE) and m.observer is not None:
+                return False
+        return not any(layer.attention.return_last_attn for layer in model.layers)
+
+    def _capture(self, B: int, kv: int):
+        dev = self.model.device
+        tok = torch.zeros(B, 1, dtype=torch.long, device=dev)
+        pos = torch.full((B, 1), self.cache_len - 1, dtype=torch.long, device=dev)
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                self.model(tok, pos, None, kv_len=kv)
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=self.pool):
+            logits = self.model(tok, pos, None, kv_len=kv)[:, -1]
+        self.pool = g.pool()
+        return g, tok, pos, logits
+
+    def capture_all(self, batch_sizes: list[int] | None = None, max_pos: int | None = None) -> int:
+        """Capture ahead of time (warm-up) for the given batch sizes up to `max_pos`; returns how many."""
+        n = 0
+        for b in batch_sizes or self.batch_buckets:
+            for kv in self.kv_buckets:
+                key = (min(x for x in self.batch_buckets if x >= b), kv)
+                if key not in self.graphs:
+                    self.graphs[key] = self._capture(*key)
+                    n += 1
+                if max_pos is not None and kv > max_pos:
+                    break
+        return n
+
+    def run(self, slots: list[int], tokens: list[int], pos: list[int]) -> torch.Tensor | None:
+        """Logits [len(slots), V] for one decode step of these rows (None: no graph, run eager)."""
+        B = min(b for b in self.batch_buckets if b > max(slots))
+        kv = min(k for k in self.kv_buckets if k > max(pos))
+        key = (B, kv)
+        if key in self.failed:
+            return None
+        if key not in self.graphs:
+            try:
+                self.graphs[key] = self._capture(B, kv)
+            except Exception as e:  # e.g. a MoE path that syncs: stay eager for this shape
+                log.warning("decode graph capture for batch %d, kv %d failed (%s); running eager", B, kv, e)
+                self.failed.add(key)
+                return None
+        g, tok_buf, pos_buf, logits = self.graphs[key]
+        host_tok = [0] * B
+        host_pos = [self.cache_len - 1] * B
+        for s, t, p in zip(slots, tokens, pos, strict=True):
+            host_tok[s], host_pos[s] = t, p
+        tok_buf.copy_(torch.tensor(host_tok, dtype=torch.long)[:, None], non_blocking=True)
+        pos_buf.copy_(torch.tensor(host_pos, dtype=torch.long)[:, None], non_blocking=True)
+        g.replay()
+        return logits[torch.tensor(slots, device=logits.device)]
