@@ -9,7 +9,7 @@ _FLAGS = {
     "host": str, "port": int, "model_dir": str, "node_id": str, "bus_url": str, "spool_dir": str,
     "max_streams": int, "max_chunk_bytes": int, "max_keywords": int, "max_message_bytes": int,
     "num_threads": int, "ort_threads": int, "auth_tokens_file": str, "tls_cert": str, "tls_key": str,
-    "metrics_port": int, "grace_s": float,
+    "metrics_port": int, "grace_s": float, "threshold_mode": str,
 }
 
 

@@ -30,11 +30,11 @@ log = logging.getLogger(__name__)
 SERVICE = edge_pb2.DESCRIPTOR.services_by_name["EdgeService"].full_name
 
 
-def load_spotter(model_dir, num_threads: int):
+def load_spotter(model_dir, num_threads: int, threshold_mode: str = "auto"):
     """Load the Spotter of `model_dir` (edge.spotter, numpy + onnxruntime)."""
     from edge.spotter import Spotter
 
-    return Spotter.from_dir(str(model_dir), num_threads=num_threads)
+    return Spotter.from_dir(str(model_dir), num_threads=num_threads, threshold_mode=threshold_mode)
 
 
 class EventPublisher:
@@ -123,7 +123,8 @@ class EdgeNode:
                                                "auth": self.tokens.enabled, "metrics_port": self.metrics_port})
         if self.spotter is None:
             loop = asyncio.get_running_loop()
-            self.spotter = await loop.run_in_executor(self.executor, load_spotter, s.model_dir, s.ort_threads)
+            self.spotter = await loop.run_in_executor(self.executor, load_spotter, s.model_dir, s.ort_threads,
+                                                      s.threshold_mode)
         await self._connect_bus()
         self.servicer.set_spotter(self.spotter)
         self._tasks.append(asyncio.create_task(self._expire_loop(), name="answer-expiry"))

@@ -1,15 +1,13 @@
 """The service's side of the Spotter: enrollment checks, keyword limits, and one decode step.
 
-Everything here runs in the node's worker threads (never on the event loop). Enrollment results
-are cached per (text, threshold) because automatic thresholds are calibrated against generated
-confusable texts, which costs far more than a lookup when many devices enroll the same words.
+Everything here runs in the node's worker threads (never on the event loop): enrollment with an
+automatic threshold scores generated confusable texts, which is real work the first time a text
+is seen (the spotter caches it per text).
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 
 from wakeline.v1 import edge_pb2
 
@@ -45,48 +43,28 @@ class KeywordBook:
         max_keywords: most keywords one stream may hold.
     """
 
-    def __init__(self, spotter, max_keywords: int, cache_size: int = 4096) -> None:
+    def __init__(self, spotter, max_keywords: int) -> None:
         self.spotter = spotter
         self.max_keywords = max_keywords
-        self._cache: OrderedDict[tuple[str, float | None], edge_pb2.EnrolledKeyword] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
 
     def enroll(self, text: str, threshold: float | None) -> edge_pb2.EnrolledKeyword:
-        """Validate and enroll one keyword; raises KeywordError with a clear message."""
+        """Validate and enroll one keyword (the spotter caches per text); raises KeywordError."""
         norm = normalize(text)
         if not norm:
             raise KeywordError("keyword text must not be empty")
         if len(norm) > MAX_KEYWORD_CHARS:
             raise KeywordError(f"keyword {norm[:20]!r}... is longer than {MAX_KEYWORD_CHARS} characters")
-        if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise KeywordError(f"threshold {threshold} of keyword {norm!r} is outside [0, 1]")
-        key = (norm, None if threshold is None else round(float(threshold), 6))
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return hit
+        if threshold is not None and not 0.0 < threshold < 1.0:
+            raise KeywordError(f"threshold {threshold} of keyword {norm!r} is outside (0, 1)")
         try:
-            ek = self.spotter.enroll(norm) if threshold is None else self._enroll_fixed(norm, threshold)
+            ek = self.spotter.enroll(norm)
         except (ValueError, KeyError) as e:
             raise KeywordError(f"cannot enroll keyword {norm!r}: {e}") from e
-        msg = edge_pb2.EnrolledKeyword(
-            text=norm, phonemes=_phoneme_strings(ek.phonemes), threshold=float(ek.threshold),
-            auto_threshold=threshold is None and bool(getattr(ek, "auto_threshold", True)))
-        with self._lock:
-            self._cache[key] = msg
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return msg
-
-    def _enroll_fixed(self, norm: str, threshold: float):
-        try:
-            ek = self.spotter.enroll(norm, threshold=threshold)
-        except TypeError:  # a spotter whose enroll() takes no threshold
-            ek = self.spotter.enroll(norm)
-        ek.threshold = float(threshold)
-        return ek
+        auto = getattr(ek, "auto_threshold", None)
+        is_auto = threshold is None and auto is not None and abs(float(auto) - float(ek.threshold)) < 1e-9
+        return edge_pb2.EnrolledKeyword(
+            text=norm, phonemes=_phoneme_strings(ek.phonemes),
+            threshold=float(ek.threshold if threshold is None else threshold), auto_threshold=is_auto)
 
     def create_stream(self, specs: list[tuple[str, float | None]]):
         """Enroll `specs` [(text, threshold|None)] and open a spotter stream with them."""
@@ -96,7 +74,8 @@ class KeywordBook:
         for text, thr in specs:
             ek = self.enroll(text, thr)
             enrolled[ek.text] = ek  # the same keyword twice: the last spec wins
-        stream = self.spotter.create_stream([(k.text, k.threshold) for k in enrolled.values()])
+        stream = self.spotter.create_stream([(k.text, None if k.auto_threshold else k.threshold)
+                                             for k in enrolled.values()])
         return list(enrolled.values()), stream
 
     def change(self, stream, current: dict, add: list[tuple[str, float | None]], remove: list[str]):
@@ -113,7 +92,7 @@ class KeywordBook:
             if text in replaced:
                 stream.remove_keyword(text)
         for ek in added:
-            stream.add_keyword(ek.text, threshold=ek.threshold)
+            stream.add_keyword(ek.text, threshold=None if ek.auto_threshold else ek.threshold)
         return added, new
 
     def process(self, stream, sample_rate: int, samples):

@@ -71,7 +71,10 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
     def set_spotter(self, spotter) -> None:
         """Start serving with `spotter` (until then every RPC gets UNAVAILABLE)."""
         self.spotter = spotter
-        self.model_rate = int(getattr(spotter, "sample_rate", 16000))
+        cfg = getattr(spotter, "feature_cfg", None)
+        self.model_rate = int(getattr(cfg, "sample_rate", None) or getattr(spotter, "sample_rate", 16000))
+        # A spotter that resamples itself gets the device's rate, so serving matches its offline scoring.
+        self.resample_here = not hasattr(spotter, "new_resampler")
         self.book = KeywordBook(spotter, self.limits.max_keywords)
 
     # ---- Stream ---------------------------------------------------------------------------
@@ -124,7 +127,8 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         cfg = first.config
         self._check_device(cfg.device_id, context)
         try:
-            decoder = AudioDecoder(cfg.format, self.model_rate, self.limits.max_chunk_bytes)
+            decoder = AudioDecoder(cfg.format, self.model_rate if self.resample_here else None,
+                                   self.limits.max_chunk_bytes)
             specs = [(k.text, k.threshold if k.HasField("threshold") else None) for k in cfg.keywords]
             loop = asyncio.get_running_loop()
             enrolled, stream = await loop.run_in_executor(self.executor, self.book.create_stream, specs)
@@ -181,9 +185,9 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
     async def _decode(self, session: Session, loop, decoder: AudioDecoder, samples, t_recv: float) -> None:
         async with session.lock:
             dets, compute_s = await loop.run_in_executor(
-                self.executor, self.book.process, session.stream, self.model_rate, samples)
+                self.executor, self.book.process, session.stream, decoder.out_rate, samples)
         if samples is not None:
-            self.metrics.processed(samples.size / self.model_rate, compute_s)
+            self.metrics.processed(samples.size / decoder.out_rate, compute_s)
             self.metrics.chunk_latency.observe(time.perf_counter() - t_recv)
         for det in dets:
             self._detected(session, det)

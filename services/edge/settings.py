@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +30,9 @@ class EdgeSettings(BaseSettings):
     max_message_bytes: int = Field(1024 * 1024, ge=1024)
     num_threads: int = Field(2, ge=1)  # worker threads running the Spotter off the event loop
     ort_threads: int = Field(1, ge=1)  # onnxruntime intra-op threads per session
+    # Threshold of a keyword enrolled without one: "auto" (calibrated per keyword against generated
+    # confusable texts, the contract of edge.proto) or "default" (the model card's).
+    threshold_mode: Literal["auto", "default"] = "auto"
 
     # Answers for a device that is not connected are kept this long, at most this many per device.
     answer_ttl_s: float = Field(60.0, gt=0)
