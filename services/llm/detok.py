@@ -55,12 +55,20 @@ class IncrementalDetokenizer:
         return self._apply_stop(delta)
 
     def flush(self) -> str:
-        """At the end of a generation: release text held back as a possible stop prefix."""
+        """At the end of a generation: release text held back (a possible stop prefix, partial UTF-8)."""
         if self.stopped:
             return ""
+        tail = ""
+        if self._read < len(self.ids):  # an incomplete UTF-8 sequence at the end: show it as decoded
+            prefix_text = self._decode(self.ids[self._prefix:self._read])
+            tail = self._decode(self.ids[self._prefix:])[len(prefix_text):]
+            self._read = len(self.ids)
+        tail = self._apply_stop(tail) if tail else ""
+        if self.stopped:
+            return tail
         out, self._pending = self._pending, ""
         self.text += out
-        return out
+        return tail + out
 
     def _apply_stop(self, delta: str) -> str:
         if not self.stop:

@@ -51,6 +51,7 @@ class Sampling:
     max_tokens: int = 0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    ignore_eos: bool = False  # not on the wire: benchmarks use it for fixed-length generations
 
 
 @dataclass
@@ -94,7 +95,8 @@ def _engine_sampling(engine_module, s: Sampling, max_tokens: int):
     """Build the engine's SamplingParams from the fields it has (stop strings are applied here)."""
     cls = engine_module.SamplingParams
     want = {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p or 1.0,
-            "repetition_penalty": s.repetition_penalty or 1.0, "max_tokens": max_tokens, "seed": s.seed}
+            "repetition_penalty": s.repetition_penalty or 1.0, "max_tokens": max_tokens, "seed": s.seed,
+            "ignore_eos": s.ignore_eos}
     names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set(want)
     return cls(**{k: v for k, v in want.items() if k in names})
 
@@ -249,6 +251,7 @@ class EngineRunner:
             if st is None:  # aborted in the meantime
                 continue
             new = [int(i) for i in (o.new_token_ids or [])]
+            text = ""
             if new:
                 n_new += len(new)
                 if st.t_first is None:
@@ -262,14 +265,13 @@ class EngineRunner:
                 st.completion_tokens += len(new)
                 text = st.detok.push(new)
                 if st.detok.stopped:
-                    st.out.put_nowait(Delta(text, new))
                     self._cmds.put(("abort", st.request_id, None))
-                    self._finish(st, "stop", flush=False)
+                    self._finish(st, "stop", flush=False, text=text, ids=new)
                     continue
-                if text or not o.finished:
-                    st.out.put_nowait(Delta(text, new))
             if o.finished:
-                self._finish(st, o.finish_reason or "stop")
+                self._finish(st, o.finish_reason or "stop", text=text, ids=new)
+            elif new:
+                st.out.put_nowait(Delta(text, new))
         if n_new:
             m.generated_tokens.inc(n_new)
             self._recent.append((t, n_new))
@@ -290,13 +292,15 @@ class EngineRunner:
             st.out.put_nowait(Delta("", [], True, f"error: {exc}"))
             self._finish(st, "error", flush=False, push=False)
 
-    def _finish(self, st: RequestState, reason: str, flush: bool = True, push: bool = True) -> None:
+    def _finish(self, st: RequestState, reason: str, flush: bool = True, push: bool = True, text: str = "",
+                ids: list[int] | None = None) -> None:
+        """End a request: one last Delta with its final tokens and any held-back text."""
         if st.finished:
             return
         st.finished, st.finish_reason = True, reason
         st.t_last = st.t_last or time.perf_counter()
         if push:
-            st.out.put_nowait(Delta(st.detok.flush() if flush else "", [], True, reason))
+            st.out.put_nowait(Delta(text + (st.detok.flush() if flush else ""), ids or [], True, reason))
         self._reqs.pop(st.request_id, None)
         self._pending_tokens -= st.budget
         self.metrics.requests.labels(reason).inc()
@@ -315,8 +319,11 @@ class EngineRunner:
     def _kv_usage(self) -> float | None:
         fn = getattr(self.engine, "kv_cache_usage", None)
         try:
-            v = fn() if callable(fn) else fn
-            return None if v is None else float(v)
+            if fn is not None:
+                v = fn() if callable(fn) else fn
+                return None if v is None else float(v)
+            # a slot-based KV cache: the fraction of slots held by running requests
+            return self.engine.num_running / self.engine.max_batch_size
         except Exception:
             return None
 

@@ -184,11 +184,13 @@ def load_engine(settings: LlmSettings):
     if not (Path(settings.model) / "config.json").is_file():
         raise FileNotFoundError(f"no model at {settings.model} (expected a Hugging Face folder with config.json)")
     kwargs = {"device": settings.device, "dtype": settings.dtype}
-    accepted = inspect.signature(Engine.from_pretrained).parameters
+    accepted = set(inspect.signature(Engine.from_pretrained).parameters) | set(inspect.signature(Engine).parameters)
     for k in ("max_batch_size", "max_prefill_tokens_per_step"):
         v = getattr(settings, k)
         if v is not None and k in accepted:
             kwargs[k] = v
+    if "detokenize" in accepted:  # the runner detokenizes and applies stop strings itself
+        kwargs["detokenize"] = False
     return Engine.from_pretrained(str(settings.model), **kwargs)
 
 
