@@ -6,6 +6,7 @@ On GPUs and across nodes use `torchrun` instead; `init_tp()` then reads its envi
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import tempfile
 import traceback
@@ -30,7 +31,8 @@ def _entry(rank: int, fn, world_size: int, init_method: str, device: str, args: 
         torch.set_num_threads(1)
         init_tp(rank=rank, world_size=world_size, init_method=init_method, device=device, timeout_s=120)
         res = fn(rank, world_size, *args)
-        q.put((rank, "ok", res))
+        # plain pickle: tensors by value, not as shared-memory handles that die with this process
+        q.put((rank, "ok", pickle.dumps(res)))
     except BaseException:  # report every failure to the parent instead of hanging it
         q.put((rank, "error", traceback.format_exc()))
     finally:
@@ -59,7 +61,7 @@ def run_ranks(fn, world_size: int, *args, device: str = "cpu", timeout_s: float 
                 if status == "error":
                     errors.append(f"rank {rank}:\n{res}")
                     break
-                results[rank] = res
+                results[rank] = pickle.loads(res)
         finally:
             for p in procs:
                 p.join(timeout=5 if errors else 30)

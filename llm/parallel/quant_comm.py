@@ -220,3 +220,30 @@ class QuantAllReduce:
 
     def describe(self) -> dict:
         return {**asdict(self.cfg), "calibrated_sites": len(self.calib.ranges) if self.calib else 0}
+
+
+def configure(calib_path: str | None, cfg: QuantCommConfig | None = None, tp: int | None = None,
+              checkpoint: str | None = None, group=None) -> QuantAllReduce | None:
+    """Turn on the quantized all-reduce from a calibration file, or warn and keep plain all-reduce.
+
+    Args:
+        calib_path: file from `wakeline llm calibrate` (None or missing: plain all-reduce, with a warning).
+        cfg: encoding and gate settings (default QuantCommConfig()).
+        tp, checkpoint: what the file must have been made for (a mismatch raises ValueError).
+    Returns the installed quantizer, or None.
+    """
+    import os
+
+    from llm.parallel import comm
+
+    cfg = cfg or QuantCommConfig()
+    if cfg.outlier_div and (not calib_path or not os.path.exists(calib_path)):
+        log.warning("quantized all-reduce requested but no calibration file (%s): using plain all-reduce; "
+                    "run `wakeline llm calibrate --model DIR --tp N --out FILE`", calib_path)
+        comm.set_quantizer(None)
+        return None
+    calib = Calibration.load(calib_path, tp=tp, checkpoint=checkpoint) if calib_path else None
+    q = QuantAllReduce(cfg, calib, group=group)
+    comm.set_quantizer(q)
+    log.info("quantized all-reduce on: %s", q.describe())
+    return q
