@@ -314,3 +314,23 @@ def test_embedded_redis_keeps_data_across_restart(tmp_path):
         assert asyncio.run(roundtrip(url, False)) == ["persisted"]
     finally:
         stop()
+
+
+def test_cli_stats_and_tiny_bench(redis_url, tmp_path, capsys):
+    from services.cli import main
+
+    async def seed():
+        bus = await open_bus(cfg(redis_url, tmp_path))
+        await EventProducer(bus).publish_events([event(i) for i in range(3)])
+        await bus.close()
+
+    asyncio.run(seed())
+    assert main(["bus", "stats", "--url", redis_url]) == 0
+    assert "wakeline:{bus}:events" in capsys.readouterr().out
+    out = tmp_path / "bench.json"
+    assert main(["bus", "bench", "--url", redis_url, "--events", "300", "--consumers", "1",
+                 "--paced-events", "50", "--rate", "500", "--out", str(out)]) == 0
+    import json
+
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["mode"], r["handled"]) for r in runs] == [("throughput", 300), ("paced", 50)]
