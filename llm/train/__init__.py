@@ -1,0 +1,1 @@
+"""Training code for the small default LLMs (torch + transformers only; no grpc, no redis)."""
