@@ -44,16 +44,13 @@ PID_D=$!
 timeout 520 $PY -m llm.train.trainer --kind moe --out "$R" --shape "$MOE_SHAPE" "${ARGS[@]}" \
   > "$R/moe_log.txt" 2>&1 &
 PID_M=$!
-tail -q -n +1 -F "$R/dense_log.txt" "$R/moe_log.txt" 2>/dev/null | grep --line-buffered -v "it/s\]" &
-PID_T=$!
 wait $PID_D; RC_D=$?
 wait $PID_M; RC_M=$?
-sleep 1; kill $PID_T 2>/dev/null
 set -e
 {
   echo "dense rc=$RC_D moe rc=$RC_M"
   cat "$R/dense_log.txt" "$R/moe_log.txt"
   date -u
-} >> "$R/log.txt"
+} 2>&1 | tee -a "$R/log.txt"
 du -sh "$R"/* | tee -a "$R/log.txt"
 exit $(( RC_D || RC_M ))
