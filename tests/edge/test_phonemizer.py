@@ -31,6 +31,8 @@ def test_known_words(ph):
 def test_numbers_are_spelled_out(ph):
     assert ph.phonemize("turn on light 2") == [["T", "ER", "N"], ["AA", "N"], ["L", "AY", "T"], ["T", "UW"]]
     assert ph.normalize("room 21") == ["room", "twenty", "one"]
+    assert ph.normalize("$5.50, 3rd, 1990, 5:30, 10%") == (
+        ["five", "dollars", "fifty", "cents", "third", "nineteen", "ninety", "five", "thirty", "ten", "percent"])
 
 
 def test_punctuation_is_stripped(ph):
@@ -39,6 +41,7 @@ def test_punctuation_is_stripped(ph):
 
 
 def test_oov_word_goes_through_the_neural_model(ph):
+    assert ph.phonemize("zorblax") == [["Z", "AO", "R", "B", "AH", "L", "K", "S"]]
     out = ph.phonemize("zorblax wakeline")
     assert len(out) == 2
     for word in out:
@@ -68,18 +71,34 @@ def test_edit_distance():
     assert edit_distance(["A", "B"], []) == 2
 
 
-def test_no_torch_and_no_network_on_import():
+def test_no_torch_no_nltk_no_network_on_import():
     code = (
-        "import sys, nltk\n"
-        "def boom(*a, **k): raise SystemExit('download attempted')\n"
-        "nltk.download = boom\n"
+        "import sys\n"
         "from edge.phonemizer import Phonemizer\n"
         "p = Phonemizer().warmup()\n"
         "assert p.phonemize('frobnicate 7')[-1] == ['S', 'EH', 'V', 'AH', 'N']\n"
-        "assert 'torch' not in sys.modules\n"
+        "assert 'torch' not in sys.modules and 'nltk' not in sys.modules and 'g2p_en' not in sys.modules\n"
         "print('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.slow
+def test_numpy_gru_matches_g2p_en_and_its_import_stays_offline():
+    code = (
+        "import nltk\n"
+        "def boom(*a, **k): raise SystemExit('download attempted')\n"
+        "nltk.download = boom\n"
+        "from edge.phonemizer import NeuralG2P, import_g2p_en_offline\n"
+        "g = import_g2p_en_offline().G2p()\n"
+        "n = NeuralG2P()\n"
+        "words = ['zorblax', 'wakeline', 'frobnicate', 'quixotical', 'blorptastic', 'kwyjibo']\n"
+        "assert all(g.predict(w) == n.predict(w) for w in words)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
     assert "nltk_data" not in out.stderr  # NLTK prints [nltk_data] ... when it tries to download
