@@ -70,8 +70,22 @@ class EdgeProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> EdgeProcess:
-        """Start the node and wait until health says SERVING (raises with the log tail otherwise)."""
+    def start(self, timeout: float = 60.0, attempts: int = 3) -> EdgeProcess:
+        """Start the node and wait until health says SERVING (raises with the log tail otherwise).
+
+        A free port can be taken by another process between picking and binding it (many test
+        suites share the machine): such a start is retried on fresh ports.
+        """
+        for attempt in range(attempts):
+            try:
+                return self._start(timeout)
+            except RuntimeError as e:
+                if attempt == attempts - 1 or "in use" not in str(e) and "cannot bind" not in str(e):
+                    raise
+                self.port, self.metrics_port = free_port(), free_port()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> EdgeProcess:
         path = os.pathsep.join(p for p in (str(REPO), str(REPO / "protos"), os.environ.get("PYTHONPATH")) if p)
         env = {**os.environ, "PYTHONPATH": path, **self.env}
         env.update({"WAKELINE_EDGE_HOST": "127.0.0.1", "WAKELINE_EDGE_PORT": str(self.port),
