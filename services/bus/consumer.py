@@ -28,25 +28,37 @@ DUPLICATES = Counter("wakeline_bus_duplicates_total", "Redeliveries skipped by e
 FAILURES = Counter("wakeline_bus_handler_failures_total", "Handler exceptions", ["kind"])
 DEAD = Counter("wakeline_bus_dead_letters_total", "Envelopes moved to the dead-letter stream", ["kind"])
 
-# Per message: skip outputs if the id is already done, else publish them and mark done; always ack.
+# For a batch of messages: those whose envelope id is not yet in the done-set (nor earlier in the
+# batch) get their outputs published and their id added; all are acked. Bulk ZMSCORE/ZADD/XACK keep
+# the per-message cost in Redis low.
 _COMMIT_LUA = """
-local i = 5
-local fresh = {}
-while i <= #ARGV do
-  local msgid, eid, nout = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  i = i + 3
-  local isnew = not redis.call('ZSCORE', KEYS[2], eid)
-  for _ = 1, nout do
-    if isnew then
-      redis.call('XADD', KEYS[tonumber(ARGV[i])], 'MAXLEN', '~', ARGV[3], '*',
-                 'id', ARGV[i + 1], 'type', ARGV[i + 2], 'data', ARGV[i + 3], 'ts', ARGV[i + 4])
-    end
-    i = i + 5
-  end
-  if isnew then redis.call('ZADD', KEYS[2], ARGV[2], eid) end
-  redis.call('XACK', KEYS[1], ARGV[1], msgid)
-  fresh[#fresh + 1] = isnew and 1 or 0
+local n = tonumber(ARGV[5])
+local msgids, eids, first, nouts = {}, {}, {}, {}
+local i = 6
+for m = 1, n do
+  msgids[m], eids[m], nouts[m] = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  first[m] = i + 3
+  i = i + 3 + 5 * nouts[m]
 end
+local scores = redis.call('ZMSCORE', KEYS[2], unpack(eids))
+local fresh, seen, zargs = {}, {}, {}
+for m = 1, n do
+  local isnew = (not scores[m]) and (not seen[eids[m]])
+  seen[eids[m]] = true
+  if isnew then
+    local j = first[m]
+    for _ = 1, nouts[m] do
+      redis.call('XADD', KEYS[tonumber(ARGV[j])], 'MAXLEN', '~', ARGV[3], '*',
+                 'id', ARGV[j + 1], 'type', ARGV[j + 2], 'data', ARGV[j + 3], 'ts', ARGV[j + 4])
+      j = j + 5
+    end
+    zargs[#zargs + 1] = ARGV[2]
+    zargs[#zargs + 1] = eids[m]
+  end
+  fresh[m] = isnew and 1 or 0
+end
+if #zargs > 0 then redis.call('ZADD', KEYS[2], unpack(zargs)) end
+redis.call('XACK', KEYS[1], ARGV[1], unpack(msgids))
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return fresh
 """
@@ -63,6 +75,8 @@ class Outbound(NamedTuple):
     stream: str
     message: object
 
+
+_COMMIT_BATCH = 1000  # bounded by Lua's unpack() stack
 
 Handler = Callable[[object], Awaitable[object]]
 
@@ -88,6 +102,7 @@ class _Consumer:
         self._wake_commit = asyncio.Event()
         self._progress = asyncio.Event()
         self._stopping = False
+        self._claim_cursor: bytes | str = "0-0"
         self.handled = self.duplicates = self.dead_lettered = self.failures = 0
 
     def stop(self) -> None:
@@ -138,6 +153,14 @@ class _Consumer:
                 except TRANSIENT_ERRORS as e:
                     log.warning("redis unreachable; retrying", extra={"error": str(e), "group": self.group})
                     await backoff.sleep()
+                except Exception:
+                    # Keep consuming whatever went wrong with one batch; its messages stay pending.
+                    log.exception("consumer loop error; retrying", extra={"group": self.group})
+                    await backoff.sleep()
+        except asyncio.CancelledError:
+            for t in self._tasks:
+                t.cancel()
+            raise
         finally:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -164,7 +187,7 @@ class _Consumer:
                 raise
             except TRANSIENT_ERRORS as e:
                 if self._stopping:
-                    raise
+                    return
                 log.warning("redis unreachable; retrying", extra={"error": str(e)})
                 await backoff.sleep()
 
@@ -191,8 +214,11 @@ class _Consumer:
 
     async def _claim(self, free: int) -> None:
         idle_ms = int(self.cfg.visibility_timeout_s * 1000)
-        resp = await self.bus.redis.xautoclaim(self.stream, self.group, self.consumer, idle_ms, "0-0", count=free)
-        entries = [e for e in resp[1] if e is not None]
+        # A cursor over the pending list: a long list of live messages must not hide stale ones behind it.
+        resp = await self.bus.redis.xautoclaim(self.stream, self.group, self.consumer, idle_ms,
+                                               self._claim_cursor, count=free)
+        self._claim_cursor = resp[0]
+        entries = [e for e in resp[1] if e is not None and e[0] is not None]
         if entries:
             log.info("claimed stale messages", extra={"count": len(entries), "group": self.group})
             await self._dispatch(entries, await self._delivery_counts(entries))
@@ -321,11 +347,20 @@ class _Consumer:
                 log.warning("commit failed; retrying", extra={"error": str(e), "group": self.group})
                 self._wake_commit.set()
                 await backoff.sleep()
+            except Exception:
+                log.exception("commit failed; retrying", extra={"group": self.group})
+                self._wake_commit.set()
+                await backoff.sleep()
 
     async def _commit_batch(self, batch) -> None:
+        for s in range(0, len(batch), _COMMIT_BATCH):
+            await self._commit_chunk(batch[s:s + _COMMIT_BATCH])
+
+    async def _commit_chunk(self, batch) -> None:
         keys = [self.stream, self.done_key]
         index: dict[str, int] = {}
-        args: list = [self.group, int(time.time() * 1000), self.cfg.maxlen, int(self.cfg.dedup_ttl_s * 1000)]
+        args: list = [self.group, int(time.time() * 1000), self.cfg.maxlen, int(self.cfg.dedup_ttl_s * 1000),
+                      len(batch)]
         for mid, eid, outputs in batch:
             args += [mid, eid, len(outputs)]
             for stream, msg in outputs:

@@ -118,22 +118,24 @@ class _Producer:
                     await self._xadd([(s, f) for s, f, _ in batch])
                 except TRANSIENT_ERRORS as e:
                     if self.spool is None:
-                        for *_, fut in batch:
-                            if fut and not fut.done():
-                                fut.set_exception(e)
+                        self._fail(batch, e)
                         batch = []
                         continue
                     batch, self._pending = batch + self._pending, []
                     log.warning("redis unreachable: spooling to disk", extra={"error": str(e), "kind": self.kind})
-                    self._spool([(s, f) for s, f, _ in batch])
+                    try:
+                        self._spool([(s, f) for s, f, _ in batch])
+                    except Exception as se:  # disk full, unwritable spool: the callers must know
+                        log.error("spool write failed", extra={"error": str(se), "entries": len(batch)})
+                        self._fail(batch, se)
+                        batch = []
+                        continue
                     self._degraded = True
                     self._resolve(batch, False)
                     batch = []
                     continue
                 except Exception as e:  # e.g. OOM or READONLY: the caller decides
-                    for *_, fut in batch:
-                        if fut and not fut.done():
-                            fut.set_exception(e)
+                    self._fail(batch, e)
                     batch = []
                     continue
                 PUBLISHED.labels(self.kind).inc(len(batch))
@@ -142,15 +144,25 @@ class _Producer:
         finally:
             # Cancelled (close) with writes in flight: keep them on disk rather than lose them.
             left, self._pending = batch + self._pending, []
-            if left and self.spool is not None:
-                self._spool([(s, f) for s, f, _ in left])
-            self._resolve(left, False)
+            try:
+                if left and self.spool is not None:
+                    self._spool([(s, f) for s, f, _ in left])
+                self._resolve(left, False)
+            except Exception as e:
+                log.error("could not spool unsent entries at close", extra={"error": str(e), "entries": len(left)})
+                self._fail(left, e)
 
     @staticmethod
     def _resolve(batch, value: bool) -> None:
         for *_, fut in batch:
             if fut and not fut.done():
                 fut.set_result(value)
+
+    @staticmethod
+    def _fail(batch, exc: BaseException) -> None:
+        for *_, fut in batch:
+            if fut and not fut.done():
+                fut.set_exception(exc)
 
     async def _replay(self) -> bool:
         """Write the spool to Redis in order; True when it is empty and direct mode is back."""
