@@ -108,6 +108,7 @@ async def _run_one(url: str, consumers: int, events: int, rate: float | None, wo
         await bus.close()
     lat = np.concatenate([np.load(o) for o in outs]) / 1e6
     return {
+        "loadavg_1m": round(os.getloadavg()[0], 2),
         "mode": "paced" if rate else "throughput", "consumers": consumers, "events": events,
         "target_rate": rate, "handled": int(lat.size), "pending_after": int(pending),
         "publish_s": round(t_pub, 3), "elapsed_s": round(elapsed, 3),

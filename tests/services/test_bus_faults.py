@@ -180,3 +180,39 @@ def test_producer_started_while_redis_down_spools_then_replays_across_restart(tm
         asyncio.run(second_life())
     finally:
         r.kill()
+
+
+def test_consumer_waits_for_redis_then_consumes(tmp_path):
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+
+    async def main():
+        bus = await open_bus(BusConfig(url=url, spool_dir=str(tmp_path / "spool"), connect_timeout_s=0.3,
+                                       block_ms=100, visibility_timeout_s=0.5))
+        cons = EventConsumer(bus, "llm", "w")
+        seen: list[str] = []
+
+        async def handle(ev):
+            seen.append(ev.event_id)
+
+        task = asyncio.create_task(cons.run(handle))
+        prod = EventProducer(bus)
+        assert await prod.publish_events([_event(i) for i in range(5)]) is False  # spooled: Redis is down
+        await asyncio.sleep(0.5)
+        assert not task.done()
+        r = await asyncio.get_running_loop().run_in_executor(None, lambda: RedisProcess(port=port).start())
+        try:
+            assert await prod.flush(timeout=10)
+            deadline = time.time() + 10
+            while cons.handled < 5:
+                assert time.time() < deadline
+                await asyncio.sleep(0.02)
+            cons.stop()
+            await task
+            assert seen == [f"ev-{i:06d}" for i in range(5)]
+            await prod.close()
+            await bus.close()
+        finally:
+            r.kill()
+
+    asyncio.run(main())
