@@ -44,6 +44,7 @@ class QuantCommConfig:
     mode: str = "one_shot"         # or "two_shot"
     min_bytes: int = DEFAULT_MIN_BYTES
     use_triton: bool | None = None  # None: Triton kernels on CUDA, torch reference elsewhere
+    block_g: int = 4               # groups per Triton program (bench/tp_comm.py picks the fastest)
 
     def __post_init__(self) -> None:
         if self.mode not in ("one_shot", "two_shot"):
@@ -171,13 +172,13 @@ class QuantAllReduce:
 
     def quantize(self, x2: torch.Tensor, s: _Site, out: torch.Tensor | None = None) -> torch.Tensor:
         if self._triton(x2):
-            return qp.quantize_pack(x2, s.idx, s.mask, self.cfg.group_size, out=out)
+            return qp.quantize_pack(x2, s.idx, s.mask, self.cfg.group_size, out=out, block_g=self.cfg.block_g)
         return qp.quantize_pack_ref(x2, s.idx_long, self.cfg.group_size, out=out)
 
     def dequant_sum(self, bufs: torch.Tensor, lay: qp.Layout, s: _Site, dtype: torch.dtype,
                     out: torch.Tensor | None = None) -> torch.Tensor:
         if self._triton(bufs):
-            return ds.dequant_sum(bufs, lay, s.idx, s.mask, out_dtype=dtype, out=out)
+            return ds.dequant_sum(bufs, lay, s.idx, s.mask, out_dtype=dtype, out=out, block_g=self.cfg.block_g)
         res = ds.dequant_sum_ref(bufs, lay, s.idx_long, out_dtype=dtype)
         if out is not None:
             out.copy_(res)

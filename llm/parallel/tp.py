@@ -40,6 +40,9 @@ def _rows(t: Tensor, rank: int, w: int, dim: int = 0) -> Tensor:
 
 
 def _param(t: Tensor, device) -> nn.Parameter:
+    if t.is_meta:
+        # built on the meta device: allocate the shard uninitialised, to be loaded or filled later
+        return nn.Parameter(torch.empty(t.shape, dtype=t.dtype, device=device), requires_grad=False)
     return nn.Parameter(t.detach().to(device).contiguous().clone(), requires_grad=False)
 
 
@@ -116,7 +119,7 @@ def _reduce_output(mod: nn.Module, site: str, device) -> None:
     bias = None
     lin = mod if isinstance(mod, nn.Linear) else getattr(mod, "w2", None)
     if isinstance(lin, nn.Linear) and lin.bias is not None:
-        bias = lin.bias.detach().to(device)
+        bias = _param(lin.bias, device).data
         lin.bias = None
     mod._tp_bias = bias
 
@@ -183,7 +186,7 @@ def apply_tp(model: nn.Module, state: TPState | None = None, device: str | torch
     st = state or get_tp()
     device = torch.device(device) if device is not None else st.device
     if not st.enabled:
-        return model.to(device)
+        return model.to_empty(device=device) if any(p.is_meta for p in model.parameters()) else model.to(device)
     for i, layer in enumerate(model.layers):
         _shard_attention(layer.attention, i, st, device)
         ff = layer.feed_forward
@@ -194,7 +197,10 @@ def apply_tp(model: nn.Module, state: TPState | None = None, device: str | torch
         _reduce_output(ff, f"layers.{i}.mlp", device)
     if vocab_parallel:
         _shard_vocab(model, st, device)
-    model.to(device)
+    if any(p.is_meta for p in model.parameters()):
+        model.to_empty(device=device)  # meta-built: everything is filled (loaded or random) afterwards
+    else:
+        model.to(device)
     model.tp_world_size = st.world_size
     return model
 

@@ -1,0 +1,146 @@
+"""All-reduce latency vs message size: NCCL bf16 vs the quantized all-reduce (kernels included).
+
+Run on >= 2 GPUs:  torchrun --nproc-per-node 2 bench/tp_comm.py --out runs/tp_comm.json [--tag nvlink]
+(NCCL_P2P_DISABLE=1 in the environment gives the PCIe-like path; the tag only labels the JSON).
+CPU smoke test:    SMOKE=1 torchrun --nproc-per-node 2 bench/tp_comm.py --device cpu --out /tmp/c.json
+
+Rows of [N, 4096] bf16 (8 KB per row), 8 KB .. 128 MB. Each point: median of CUDA-event timings
+of `iters` calls after warm-up, max over ranks. Also the parts of the quantized path alone
+(quantize kernel, all-gather of the payload, dequant+sum kernel), and the size gate threshold:
+the smallest size from which the quantized path is faster at every larger size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+
+from llm.kernels import quantize_pack as qp
+from llm.parallel import comm
+from llm.parallel.quant_comm import Calibration, QuantAllReduce, QuantCommConfig
+from llm.parallel.state import init_tp
+
+H = 4096
+
+
+def timer(fn, iters: int, warmup: int, device: torch.device) -> float:
+    """Median seconds per call (CUDA events on GPU, perf_counter on CPU), max over ranks."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            dist.barrier()
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            ts.append(a.elapsed_time(b) / 1e3)
+        else:
+            dist.barrier()
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+    med = torch.tensor([statistics.median(ts)], dtype=torch.float64, device=device)
+    dist.all_reduce(med, op=dist.ReduceOp.MAX)
+    return med.item()
+
+
+def fake_calibration(world: int, k_div: int = 64) -> Calibration:
+    g = torch.Generator().manual_seed(0)
+    r = torch.rand(world, H, generator=g)
+    r[:, torch.randperm(H, generator=g)[: H // k_div]] += 50
+    return Calibration({"bench": r}, tp=world)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--tag", default="nvlink")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--max-mb", type=float, default=128)
+    args = ap.parse_args()
+    smoke = os.environ.get("SMOKE") == "1"
+    st = init_tp(device=args.device)
+    dev = st.device
+    w = st.world_size
+    dtype = torch.bfloat16
+    iters, warmup = (3, 1) if smoke else (args.iters, 5)
+    max_bytes = (256 << 10) if smoke else int(args.max_mb * (1 << 20))
+    sizes = []
+    b = 8 << 10
+    while b <= max_bytes:
+        sizes.append(b)
+        b *= 2
+    cal = fake_calibration(w)
+    block_g = 4
+    if dev.type == "cuda":
+        # pick the kernels' groups-per-program once, at 32 MB
+        x = torch.randn(4096, H, device=dev, dtype=dtype)
+        qa = QuantAllReduce(QuantCommConfig(min_bytes=0), cal)
+        s = qa._site("bench", H, dev)
+        tbest = {bg: timer(lambda bg=bg: qp.quantize_pack(x, s.idx, s.mask, 128, block_g=bg), 10, 3, dev)
+                 for bg in (1, 2, 4, 8, 16)}
+        block_g = min(tbest, key=tbest.get)
+    quants = {
+        "one_shot": QuantAllReduce(QuantCommConfig(min_bytes=0, block_g=block_g), cal),
+        "two_shot": QuantAllReduce(QuantCommConfig(min_bytes=0, mode="two_shot", block_g=block_g), cal),
+    }
+    rows_out = []
+    for nbytes in sizes:
+        n = nbytes // (2 * H)
+        x = torch.randn(n, H, device=dev, dtype=dtype)
+        row = {"bytes": nbytes, "rows": n}
+        row["nccl_bf16_s"] = timer(lambda x=x: dist.all_reduce(x), iters, warmup, dev)
+        for name, q in quants.items():
+            row[f"{name}_s"] = timer(lambda x=x, q=q: q(x, "bench"), iters, warmup, dev)
+        q = quants["one_shot"]
+        s = q._site("bench", H, dev)
+        lay = qp.layout(n, H, 128, s.idx.numel())
+        mine = q.quantize(x, s)
+        bufs = torch.empty(w, lay.total, dtype=torch.uint8, device=dev)
+        row["quantize_s"] = timer(lambda x=x, q=q, s=s: q.quantize(x, s), iters, warmup, dev)
+        row["allgather_payload_s"] = timer(lambda m=mine, b=bufs: comm.gather_into(b.view(-1), m),
+                                           iters, warmup, dev)
+        row["dequant_sum_s"] = timer(lambda b=bufs, q=q, s=s, lay=lay: q.dequant_sum(b, lay, s, dtype),
+                                     iters, warmup, dev)
+        row["payload_bytes"] = lay.total
+        row["speedup_one_shot"] = row["nccl_bf16_s"] / row["one_shot_s"]
+        row["speedup_two_shot"] = row["nccl_bf16_s"] / row["two_shot_s"]
+        rows_out.append(row)
+        if st.rank == 0:
+            print(f"{nbytes / 2**20:9.3f} MB  nccl {row['nccl_bf16_s'] * 1e6:9.1f} us  "
+                  f"1shot {row['one_shot_s'] * 1e6:9.1f} us ({row['speedup_one_shot']:.2f}x)  "
+                  f"2shot {row['two_shot_s'] * 1e6:9.1f} us ({row['speedup_two_shot']:.2f}x)  "
+                  f"[q {row['quantize_s'] * 1e6:.1f} ag {row['allgather_payload_s'] * 1e6:.1f} "
+                  f"dq {row['dequant_sum_s'] * 1e6:.1f}]", flush=True)
+    gate = None
+    for r in reversed(rows_out):
+        if min(r["one_shot_s"], r["two_shot_s"]) < r["nccl_bf16_s"]:
+            gate = r["bytes"]
+        else:
+            break
+    res = {"tag": args.tag, "world_size": w, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda"
+           else "cpu", "torch": torch.__version__, "hidden": H, "group_size": 128, "block_g": block_g,
+           "bits_per_value": quants["one_shot"].bits_per_value(H),
+           "nccl_p2p_disable": os.environ.get("NCCL_P2P_DISABLE", ""), "gate_min_bytes": gate,
+           "smoke": smoke, "rows": rows_out}
+    if st.rank == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+        print(f"gate (quantized faster from here up): {gate} bytes; bits/value {res['bits_per_value']:.3f}")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

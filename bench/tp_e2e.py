@@ -1,0 +1,149 @@
+"""End-to-end TP prefill TTFT and decode tokens/s, bf16 all-reduce vs the quantized all-reduce.
+
+Run on 2 GPUs:  torchrun --nproc-per-node 2 bench/tp_e2e.py --out runs/tp_e2e.json
+CPU smoke test: SMOKE=1 torchrun --nproc-per-node 2 bench/tp_e2e.py --device cpu --out /tmp/e.json
+
+The model is `llm.model.Transformer` with a Llama-3-8B shape (dim 4096, 32 layers, 32 heads, 8 KV
+heads, MLP 14336, vocab 128256) and random bf16 weights: built on the meta device, sharded by
+`apply_tp`, filled on the GPU. Prefill = one forward of a [1, S] prompt (last-position logits),
+median of 3 after a warm-up, max over ranks. Decode = greedy steps with the KV cache, batch 1 and
+16. Communication modes: plain NCCL bf16; quantized one-shot and two-shot behind the default size
+gate (decode-sized messages stay on NCCL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+
+from llm.model import ModelArgs, Transformer
+from llm.parallel import comm
+from llm.parallel.quant_comm import Calibration, QuantAllReduce, QuantCommConfig
+from llm.parallel.state import init_tp
+from llm.parallel.tp import apply_tp, reduction_sites
+
+SHAPE_8B = dict(vocab_size=128256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128,
+                intermediate_size=14336, max_position_embeddings=8192, rope_theta=500000.0)
+SHAPE_SMOKE = dict(vocab_size=512, dim=256, n_layers=2, n_heads=8, n_kv_heads=4, head_dim=32,
+                   intermediate_size=512, max_position_embeddings=1024)
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def timed(fn, dev, reps: int) -> float:
+    """Median wall seconds of fn over reps (after one warm-up), max over ranks."""
+    fn()
+    ts = []
+    for _ in range(reps):
+        dist.barrier()
+        sync(dev)
+        t = time.perf_counter()
+        fn()
+        sync(dev)
+        ts.append(time.perf_counter() - t)
+    med = torch.tensor([statistics.median(ts)], dtype=torch.float64, device=dev)
+    dist.all_reduce(med, op=dist.ReduceOp.MAX)
+    return med.item()
+
+
+def build(shape: dict, dev: torch.device, dtype: torch.dtype) -> Transformer:
+    args = ModelArgs(model_type="llama", **shape)
+    with torch.device("meta"):
+        model = Transformer(args).to(dtype)
+    apply_tp(model, device=dev)
+    g = torch.Generator(device=dev).manual_seed(1234)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02, generator=g)
+    return model.eval()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--tag", default="nvlink")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--prompts", default="2048,8192")
+    args = ap.parse_args()
+    smoke = os.environ.get("SMOKE") == "1"
+    st = init_tp(device=args.device)
+    dev, w = st.device, st.world_size
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    shape = SHAPE_SMOKE if smoke else SHAPE_8B
+    prompts = [64, 256] if smoke else [int(s) for s in args.prompts.split(",")]
+    reps, n_decode = (2, 4) if smoke else (3, 32)
+    model = build(shape, dev, dtype)
+    g = torch.Generator().manual_seed(0)
+    ranges = {s: torch.rand(w, shape["dim"], generator=g) for s in reduction_sites(model)}
+    cal = Calibration(ranges, tp=w)
+    min_bytes = 0 if smoke else QuantCommConfig().min_bytes
+    modes = {"nccl_bf16": None,
+             "quant_one_shot": QuantAllReduce(QuantCommConfig(min_bytes=min_bytes), cal),
+             "quant_two_shot": QuantAllReduce(QuantCommConfig(min_bytes=min_bytes, mode="two_shot"), cal)}
+    res = {"tag": args.tag, "world_size": w, "shape": shape, "dtype": str(dtype), "smoke": smoke,
+           "nccl_p2p_disable": os.environ.get("NCCL_P2P_DISABLE", ""), "gate_min_bytes": min_bytes,
+           "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+           "prefill": {}, "decode": {}}
+    with torch.inference_mode():
+        for s in prompts:
+            model.setup_caches(1, s + 8)
+            tokens = torch.randint(0, shape["vocab_size"], (1, s), generator=g).to(dev)
+            pos = torch.arange(s, device=dev)[None]
+            for name, q in modes.items():
+                comm.set_quantizer(q)
+                comm.stats.clear()
+                t = timed(lambda tokens=tokens, pos=pos: model(tokens, pos, fresh=True, last_only=True), dev, reps)
+                res["prefill"].setdefault(str(s), {})[name] = {"ttft_s": t, "stats": dict(comm.stats)}
+                if st.rank == 0:
+                    print(f"prefill {s:6d} tokens  {name:15s} TTFT {t * 1e3:8.2f} ms  {dict(comm.stats)}", flush=True)
+        ctx = 64 if smoke else 512
+        for batch in (1, 16):
+            model.setup_caches(batch, ctx + n_decode + 8)
+            tokens = torch.randint(0, shape["vocab_size"], (batch, ctx), generator=g).to(dev)
+            pos = torch.arange(ctx, device=dev)[None].expand(batch, ctx)
+            for name, q in modes.items():
+                comm.set_quantizer(q)
+                model(tokens, pos, fresh=True, last_only=True)
+
+                def decode(batch=batch):
+                    nxt = torch.zeros(batch, 1, dtype=torch.long, device=dev)
+                    for i in range(n_decode):
+                        p = torch.full((batch, 1), ctx + i, device=dev)
+                        nxt = model(nxt, p, kv_len=ctx + i + 1).argmax(-1)
+
+                t = timed(decode, dev, reps)
+                tps = batch * n_decode / t
+                res["decode"].setdefault(str(batch), {})[name] = {"tok_s": tps, "step_ms": t / n_decode * 1e3}
+                if st.rank == 0:
+                    print(f"decode batch {batch:3d}  {name:15s} {tps:9.1f} tok/s  "
+                          f"({t / n_decode * 1e3:.2f} ms/step)", flush=True)
+    comm.set_quantizer(None)
+    for d in res["prefill"].values():
+        base = d["nccl_bf16"]["ttft_s"]
+        for name in ("quant_one_shot", "quant_two_shot"):
+            d[name]["ttft_reduction"] = 1 - d[name]["ttft_s"] / base
+    if st.rank == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+        for s, d in res["prefill"].items():
+            print(f"TTFT reduction at {s}: one-shot {d['quant_one_shot']['ttft_reduction']:.1%}, "
+                  f"two-shot {d['quant_two_shot']['ttft_reduction']:.1%}")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

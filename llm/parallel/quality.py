@@ -1,0 +1,153 @@
+"""Quality of the quantized all-reduce: perplexity ratio, top-1 agreement, retrieval accuracy.
+
+    python -m llm.parallel.quality --model models/llm/dense --tp 2 --text .llmdata/val.txt.xz --out q.json
+
+Spawns `--tp` gloo ranks on CPU (or runs as one rank under torchrun). Calibration uses the first
+30% of the text, evaluation starts at 50%. Every reduction takes the low-bit path (no size gate), so
+the numbers are the worst case. Modes: exact TP (the reference), quantized one-shot and two-shot with
+outliers, and naive all-int4 (same groups and scales, no outlier channels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MODES = ("exact", "one_shot", "two_shot", "naive_int4")
+
+
+def _quantizer(mode: str, cal):
+    from llm.parallel.quant_comm import QuantAllReduce, QuantCommConfig
+
+    if mode == "exact":
+        return None
+    if mode == "naive_int4":
+        return QuantAllReduce(QuantCommConfig(outlier_div=0, min_bytes=0), cal)
+    return QuantAllReduce(QuantCommConfig(mode=mode, min_bytes=0), cal)
+
+
+@torch.inference_mode()
+def _forward(model, ids: torch.Tensor) -> torch.Tensor:
+    B, S = ids.shape
+    model.setup_caches(B, S)
+    pos = torch.arange(S, device=ids.device).expand(B, S)
+    return model(ids, pos, fresh=True).float()
+
+
+def _retrieval(model, tok, filler: np.ndarray, n: int, length: int) -> list[bool] | None:
+    try:
+        from llm.train.synth import RetrievalTask
+        task = RetrievalTask(tok.tok, filler)
+    except Exception:  # tokenizer without the chat/digit tokens of the default models
+        return None
+    rng = np.random.default_rng(1234 + length)
+    hits = []
+    for _ in range(n):
+        s = task.sample(rng, length, n_questions=1)
+        x = torch.tensor([s.ids], device=model.device)
+        pred = _forward(model, x).argmax(-1)[0].cpu()
+        pos = torch.tensor(s.answer_pos)
+        hits.append(bool((pred[pos - 1] == torch.tensor(s.ids)[pos]).all()))
+    return hits
+
+
+def quality_rank(rank: int, world: int, model_dir: str, text: str | None, n_seqs: int, ctx: int,
+                 n_retrieval: int, device: str) -> dict:
+    """One rank of the evaluation; every rank returns the same numbers."""
+    from llm.parallel import comm
+    from llm.parallel.calibrate import load_tp_model, read_text_chunks, record_ranges
+    from llm.parallel.quant_comm import Calibration
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model, tok = load_tp_model(model_dir, device, dtype)
+    dev = model.device
+    cal_prompts = read_text_chunks(text, 32, chars=3000)
+    cal = Calibration(record_ranges(model, tok, cal_prompts, max_tokens=1024), tp=world)
+    eval_text = " ".join(read_text_chunks(text, 400, chars=2000, skip_frac=0.5))
+    ids = np.array(tok.encode(eval_text), dtype=np.int64)
+    n_seqs = min(n_seqs, len(ids) // ctx)
+    seqs = torch.from_numpy(ids[: n_seqs * ctx].reshape(n_seqs, ctx)).to(dev)
+    out: dict = {"model": model_dir, "tp": world, "device": device, "dtype": str(dtype),
+                 "eval_tokens": int(n_seqs * (ctx - 1)), "ctx": ctx, "calib_prompts": len(cal_prompts)}
+    ref_top1 = None
+    ref_hits = None
+    for mode in MODES:
+        q = _quantizer(mode, cal)
+        comm.set_quantizer(q)
+        nll, top1 = [], []
+        for i in range(0, n_seqs, 4):
+            x = seqs[i:i + 4]
+            logits = _forward(model, x)
+            nll.append(F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten(), reduction="none").cpu())
+            top1.append(logits[:, :-1].argmax(-1).flatten().cpu())
+        nll_t, top1_t = torch.cat(nll), torch.cat(top1)
+        row = {"ppl": math.exp(nll_t.mean().item())}
+        if q is not None:
+            row["bits_per_value"] = q.bits_per_value(model.args.dim)
+        if ref_top1 is None:
+            ref_top1 = top1_t
+        row["top1_agreement"] = (top1_t == ref_top1).float().mean().item()
+        if n_retrieval:
+            hits = _retrieval(model, tok, ids, n_retrieval, 1024)
+            if hits is not None:
+                ref_hits = hits if ref_hits is None else ref_hits
+                row["retrieval_acc"] = sum(hits) / len(hits)
+        out[mode] = row
+    comm.set_quantizer(None)
+    base = out["exact"]
+    for mode in MODES[1:]:
+        out[mode]["ppl_ratio"] = out[mode]["ppl"] / base["ppl"]
+        if "retrieval_acc" in out[mode] and base.get("retrieval_acc"):
+            out[mode]["retrieval_retained"] = out[mode]["retrieval_acc"] / base["retrieval_acc"]
+    return out
+
+
+def print_table(res: dict) -> None:
+    print(f"model {res['model']}  TP={res['tp']}  {res['eval_tokens']} eval tokens, {res['device']} {res['dtype']}")
+    print(f"{'mode':12s} {'bits':>6s} {'ppl':>9s} {'ratio':>7s} {'top1':>7s} {'retr':>6s}")
+    for m in MODES:
+        r = res[m]
+        print(f"{m:12s} {r.get('bits_per_value', 16):6.3f} {r['ppl']:9.3f} {r.get('ppl_ratio', 1):7.4f} "
+              f"{r['top1_agreement']:7.2%} {r.get('retrieval_acc', float('nan')):6.2%}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--tp", type=int, default=2)
+    ap.add_argument("--text", default=".llmdata/val.txt.xz")
+    ap.add_argument("--seqs", type=int, default=32)
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--retrieval", type=int, default=40)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    text = a.text if a.text and os.path.exists(a.text) else None
+    fn_args = (a.model, text, a.seqs, a.ctx, a.retrieval, a.device)
+    if "WORLD_SIZE" in os.environ:  # under torchrun: this process is one rank
+        from llm.parallel.state import destroy_tp, init_tp
+
+        st = init_tp(device=a.device)
+        res = quality_rank(st.rank, st.world_size, *fn_args)
+        destroy_tp()
+        if st.rank != 0:
+            return 0
+    else:
+        from llm.parallel.launch import run_ranks
+
+        res = run_ranks(quality_rank, a.tp, *fn_args, device=a.device, timeout_s=3000)[0]
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(res, f, indent=1)
+    print_table(res)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
