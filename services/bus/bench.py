@@ -57,9 +57,12 @@ def _consumer_main() -> None:
 
         watcher = asyncio.create_task(watch_stop())
         await bus.redis.set(f"{ns}:ready:{name}", 1)
+        cpu0 = time.process_time()
         await cons.run(handle)
+        cpu = time.process_time() - cpu0
         watcher.cancel()
         np.save(out, np.asarray(lat, dtype=np.int64))
+        Path(out + ".cpu").write_text(str(cpu))
         await bus.close()
 
     asyncio.run(main())
@@ -79,6 +82,8 @@ async def _run_one(url: str, consumers: int, events: int, rate: float | None, wo
         await asyncio.sleep(0.3)  # consumers are now blocked in XREADGROUP
         prod = EventProducer(bus)
         done_key = bus.keys.done("bench")
+        redis_cpu0 = await _redis_cpu(bus)
+        cpu0 = time.process_time()
         t0 = time.perf_counter()
         if rate:
             tasks = []
@@ -93,9 +98,11 @@ async def _run_one(url: str, consumers: int, events: int, rate: float | None, wo
             for s in range(0, events, chunk):
                 await asyncio.gather(*[prod.publish_event(make_event(i)) for i in range(s, min(events, s + chunk))])
         t_pub = time.perf_counter() - t0
+        prod_cpu = time.process_time() - cpu0
         while await bus.redis.zcard(done_key) < events:
             await asyncio.sleep(0.002)
         elapsed = time.perf_counter() - t0
+        redis_cpu = await _redis_cpu(bus) - redis_cpu0
         await bus.redis.set(f"{ns}:bench-stop", 1)
         for p in procs:
             p.wait(timeout=60)
@@ -107,6 +114,7 @@ async def _run_one(url: str, consumers: int, events: int, rate: float | None, wo
                 p.kill()
         await bus.close()
     lat = np.concatenate([np.load(o) for o in outs]) / 1e6
+    cons_cpu = sum(float(Path(str(o) + ".cpu").read_text()) for o in outs)
     return {
         "loadavg_1m": round(os.getloadavg()[0], 2),
         "mode": "paced" if rate else "throughput", "consumers": consumers, "events": events,
@@ -115,7 +123,16 @@ async def _run_one(url: str, consumers: int, events: int, rate: float | None, wo
         "events_per_s": round(events / elapsed, 1),
         "p50_ms": round(float(np.percentile(lat, 50)), 3), "p99_ms": round(float(np.percentile(lat, 99)), 3),
         "max_ms": round(float(lat.max()), 3),
+        # CPU per event, robust to other load on the machine; includes idle-loop polling of consumers.
+        "cpu_us_per_event": {"producer": round(prod_cpu / events * 1e6, 1),
+                             "consumers": round(cons_cpu / events * 1e6, 1),
+                             "redis": round(redis_cpu / events * 1e6, 1)},
     }
+
+
+async def _redis_cpu(bus) -> float:
+    info = await bus.redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 async def run_bench(url: str | None = None, events: int = 50_000, consumers=(1, 4), rate: float = 1000.0,
@@ -143,12 +160,15 @@ async def run_bench(url: str | None = None, events: int = 50_000, consumers=(1, 
 
 def format_table(result: dict) -> str:
     """The runs as a markdown table."""
-    lines = ["| mode | consumers | events | events/s | p50 ms | p99 ms | max ms |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| mode | consumers | events | events/s | p50 ms | p99 ms | max ms | CPU µs/event (prod+cons+redis) "
+             "| load avg |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in result["runs"]:
+        c = r["cpu_us_per_event"]
         mode = f"paced {r['target_rate']:.0f}/s" if r["mode"] == "paced" else "throughput"
         lines.append(f"| {mode} | {r['consumers']} | {r['events']} | {r['events_per_s']:,.0f} | "
-                     f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.2f} |")
+                     f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.2f} | "
+                     f"{c['producer']:.0f}+{c['consumers']:.0f}+{c['redis']:.0f} | {r['loadavg_1m']:.1f} |")
     return "\n".join(lines)
 
 
