@@ -91,3 +91,12 @@ def checkpoints(tmp_path_factory):
 @pytest.fixture(scope="session")
 def llama_dir(checkpoints):
     return checkpoints["llama"][0]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models on a shared 2-core box: OpenMP threads spin against other jobs (30x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -1,0 +1,199 @@
+"""Engine behaviour: greedy parity with transformers.generate, continuous batching, chunked
+prefill, abort, stop conditions, callbacks, threads."""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from llm.engine import Engine, PromptTooLongError, SamplingParams  # noqa: E402
+
+PROMPTS = ["turn the lights on", "what time is it? set a timer for ten", "open", "stop the music in the kitchen"]
+
+
+def hf_greedy(hf, ids, n):
+    # no EOS at all (min_new_tokens would instead forbid EOS, changing the argmax)
+    cfg = copy.deepcopy(hf.generation_config)
+    cfg.update(eos_token_id=[], max_new_tokens=n, do_sample=False, pad_token_id=0)
+    out = hf.generate(torch.tensor([ids]), generation_config=cfg)
+    return out[0, len(ids):].tolist()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "mixtral", "olmoe", "qwen2_moe"])
+def test_greedy_generation_matches_transformers_batched_and_unbatched(checkpoints, arch):
+    path, hf = checkpoints[arch]
+    eng = Engine.from_pretrained(path, max_batch_size=4, max_prefill_tokens_per_step=64)
+    ids = [eng.tokenizer.encode(p) for p in PROMPTS]
+    sp = SamplingParams(max_tokens=20, ignore_eos=True)
+    refs = [hf_greedy(hf, i, 20) for i in ids]
+    assert eng.generate_ids(ids, sp) == refs  # batched, prompts of different lengths
+    for i, ref in zip(ids, refs, strict=True):
+        assert eng.generate_ids([i], sp) == [ref]  # one at a time
+    assert not eng.has_unfinished() and eng.num_running == 0
+
+
+def test_chunked_prefill_and_late_joiners_give_the_same_tokens(checkpoints):
+    path, hf = checkpoints["mixtral"]
+    eng = Engine.from_pretrained(path, max_batch_size=3, max_prefill_tokens_per_step=5)
+    ids = [eng.tokenizer.encode(p) for p in PROMPTS]
+    sp = SamplingParams(max_tokens=12, ignore_eos=True)
+    got: dict[str, list[int]] = {}
+    eng.add_request("a", ids[1], sp)
+    steps, prefill_only_steps = 0, 0
+    while eng.has_unfinished():
+        if steps == 2:
+            eng.add_request("b", ids[0], sp)  # joins while "a" is still prefilling (budget 5/step)
+        if steps == 6:
+            eng.add_request("c", ids[3], sp)
+            eng.add_request("d", ids[2], sp)  # waits: only 3 slots
+        outs = eng.step()
+        prefill_only_steps += not outs
+        for o in outs:
+            got.setdefault(o.request_id, []).extend(o.new_token_ids)
+        steps += 1
+        assert steps < 200
+    assert prefill_only_steps >= 3  # the 16-token prompt needed several chunks
+    for rid, i in {"a": ids[1], "b": ids[0], "c": ids[3], "d": ids[2]}.items():
+        assert got[rid] == hf_greedy(hf, i, 12), rid
+
+
+def test_outputs_stream_one_token_per_step_and_report_counts(llama_dir):
+    eng = Engine.from_pretrained(llama_dir, max_batch_size=2)
+    ids = eng.tokenizer.encode("open the door")
+    seen = []
+    eng.add_request("r", ids, SamplingParams(max_tokens=5, ignore_eos=True), callback=seen.append)
+    outs = []
+    while eng.has_unfinished():
+        outs += eng.step()
+    assert [len(o.new_token_ids) for o in outs] == [1] * 5
+    assert [o.num_generated_tokens for o in outs] == [1, 2, 3, 4, 5]
+    assert all(o.num_prompt_tokens == len(ids) for o in outs)
+    assert [o.finished for o in outs] == [False] * 4 + [True] and outs[-1].finish_reason == "length"
+    assert seen == outs  # the callback saw exactly the same outputs
+
+
+def test_eos_and_stop_token_ids_finish_with_stop(llama_dir):
+    eng = Engine.from_pretrained(llama_dir)
+    ids = eng.tokenizer.encode("turn the lights on")
+    free = eng.generate_ids([ids], SamplingParams(max_tokens=8, ignore_eos=True))[0]
+    stop_at = free[3]
+    first = free.index(stop_at)
+    eng.add_request("s", ids, SamplingParams(max_tokens=8, stop_token_ids=[stop_at]))
+    outs = []
+    while eng.has_unfinished():
+        outs += eng.step()
+    assert len(outs) == first + 1 and outs[-1].finish_reason == "stop"
+    eng.eos_ids = {stop_at}
+    assert eng.generate_ids([ids], SamplingParams(max_tokens=8)) == [free[:first + 1]]
+
+
+def test_stop_strings_cut_the_text(llama_dir):
+    eng = Engine.from_pretrained(llama_dir)
+    sp = SamplingParams(max_tokens=12, ignore_eos=True, temperature=1.0, seed=3)
+    full = eng.generate(["open the door"], sp)[0]
+    assert len(full) >= 6
+    stop = full[3:5]
+    cut = eng.generate(["open the door"], SamplingParams(**{**sp.__dict__, "stop": [stop]}))[0]
+    assert cut == full[:full.index(stop)]
+    # the streamed text deltas add up to the same cut text
+    eng.add_request("t", eng.tokenizer.encode("open the door"), SamplingParams(**{**sp.__dict__, "stop": [stop]}))
+    text = ""
+    while eng.has_unfinished():
+        for o in eng.step():
+            text += o.text
+            last = o
+    assert text == cut and last.finish_reason == "stop"
+
+
+def test_seeded_sampling_is_reproducible_and_independent_of_batch(llama_dir):
+    eng = Engine.from_pretrained(llama_dir, max_batch_size=4)
+    ids = [eng.tokenizer.encode(p) for p in PROMPTS[:3]]
+    sp = SamplingParams(max_tokens=15, temperature=1.0, top_k=50, top_p=0.9, seed=7, ignore_eos=True)
+    alone = eng.generate_ids([ids[0]], sp)
+    together = eng.generate_ids(ids, sp)
+    assert together[0] == alone[0]
+    other = eng.generate_ids([ids[0]], SamplingParams(**{**sp.__dict__, "seed": 8}))
+    assert other != alone
+
+
+def test_abort_frees_the_slot_at_once_and_reports_it(llama_dir):
+    eng = Engine.from_pretrained(llama_dir, max_batch_size=1)
+    ids = eng.tokenizer.encode("play some jazz")
+    eng.add_request("long", ids, SamplingParams(max_tokens=100, ignore_eos=True))
+    eng.add_request("next", ids, SamplingParams(max_tokens=3, ignore_eos=True))
+    for _ in range(3):
+        eng.step()
+    assert eng.num_running == 1
+    assert eng.abort("long") is True
+    assert eng.num_running == 0  # freed without waiting for a step
+    assert eng.abort("long") is False and eng.abort("nope") is False
+    outs = []
+    while eng.has_unfinished():
+        outs += eng.step()
+    assert outs[0].request_id == "long" and outs[0].finish_reason == "abort"
+    assert [o.request_id for o in outs[1:]] == ["next"] * 3
+
+
+def test_prompt_too_long_and_bad_requests_raise(llama_dir):
+    eng = Engine.from_pretrained(llama_dir, max_context=32)
+    assert eng.max_context == 32
+    with pytest.raises(PromptTooLongError) as e:
+        eng.add_request("x", list(range(3, 35)), SamplingParams())
+    assert isinstance(e.value, ValueError) and "32" in str(e.value) and e.value.num_tokens == 32
+    with pytest.raises(ValueError):
+        eng.add_request("x", [], SamplingParams())
+    with pytest.raises(ValueError):
+        eng.add_request("x", [10**6], SamplingParams())
+    with pytest.raises(ValueError):
+        SamplingParams(top_p=0)
+    eng.add_request("y", list(range(3, 30)), SamplingParams(max_tokens=100, ignore_eos=True))
+    with pytest.raises(ValueError):
+        eng.add_request("y", [5], SamplingParams())
+    outs = []
+    while eng.has_unfinished():
+        outs += eng.step()
+    assert len(outs) == 32 - 27 and outs[-1].finish_reason == "length"  # context is full
+
+
+def test_step_in_one_thread_while_others_add_and_abort(checkpoints):
+    path, hf = checkpoints["llama"]
+    eng = Engine.from_pretrained(path, max_batch_size=4, max_prefill_tokens_per_step=8)
+    ids = [eng.tokenizer.encode(p) for p in PROMPTS]
+    got: dict[str, list[int]] = {}
+    finished: dict[str, str] = {}
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            for o in eng.step():
+                got.setdefault(o.request_id, []).extend(o.new_token_ids)
+                if o.finished:
+                    finished[o.request_id] = o.finish_reason
+
+    t = threading.Thread(target=loop)
+    t.start()
+    try:
+        for k in range(12):
+            eng.add_request(f"r{k}", ids[k % 4], SamplingParams(max_tokens=10, ignore_eos=True))
+            if k % 3 == 2:
+                eng.abort(f"r{k}")
+        deadline = threading.Event()
+        for _ in range(600):
+            if len(finished) == 12:
+                break
+            deadline.wait(0.05)
+    finally:
+        stop.set()
+        t.join(10)
+    assert len(finished) == 12
+    for k in range(12):
+        if k % 3 == 2:
+            assert finished[f"r{k}"] in ("abort", "length")
+        else:
+            assert finished[f"r{k}"] == "length"
+            assert got[f"r{k}"] == hf_greedy(hf, ids[k % 4], 10)
+    assert not eng.has_unfinished() and eng.num_running == 0
