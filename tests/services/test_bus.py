@@ -334,3 +334,35 @@ def test_cli_stats_and_tiny_bench(redis_url, tmp_path, capsys):
 
     runs = json.loads(out.read_text())["runs"]
     assert [(r["mode"], r["handled"]) for r in runs] == [("throughput", 300), ("paced", 50)]
+
+
+def test_slow_handler_keeps_its_lease(redis_url, tmp_path):
+    """A handler running longer than the visibility timeout is not claimed by a live peer."""
+
+    async def main():
+        bus = await open_bus(cfg(redis_url, tmp_path, visibility_timeout_s=0.3))
+        await EventProducer(bus).publish_event(event(1, eid="slow"))
+        calls = []
+
+        async def slow(ev):
+            calls.append("a")
+            await asyncio.sleep(1.2)
+            return answer_for(ev)
+
+        async def fast(ev):
+            calls.append("b")
+            return answer_for(ev)
+
+        a = EventConsumer(bus, "llm", "a")
+        ta = asyncio.create_task(a.run(slow))
+        while not calls:
+            await asyncio.sleep(0.01)
+        b = EventConsumer(bus, "llm", "b")
+        await consume_until(b, fast, lambda: a.handled == 1, timeout=5)
+        a.stop()
+        await ta
+        assert calls == ["a"]
+        assert len(await stream_ids(bus, bus.keys.replies("edge-a"))) == 1
+        await bus.close()
+
+    asyncio.run(main())
