@@ -64,9 +64,12 @@ def read_text_chunks(path: str | Path | None, n: int, chars: int = 2000, skip_fr
 def load_tp_model(model_dir: str, device: str | torch.device, dtype=None):
     """Load a checkpoint (mmap, CPU) and shard it for this rank; returns (model, tokenizer)."""
     from llm.loader import load_model
+    from llm.parallel.state import get_tp
     from llm.parallel.tp import apply_tp
     from llm.tokenizer import Tokenizer
 
+    if str(device) == "cuda":
+        device = get_tp().device  # this rank's GPU (LOCAL_RANK), not cuda:0
     model, _ = load_model(model_dir, device="cpu", dtype=dtype if dtype is not None else torch.float32)
     apply_tp(model, device=device)
     return model, Tokenizer.from_dir(model_dir)

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Tensor-parallel GPU run (nvidia-h200-x2, <= 9 min): Triton kernel tests on CUDA, all-reduce latency
+# vs size (NCCL bf16 vs quantized) over NVLink and with NCCL_P2P_DISABLE=1, end-to-end prefill/decode
+# of a Llama-3-8B-shaped model at TP=2, and the quality eval on the default model if it exists.
+# Usage (repo root): bash scripts/gpu/tp_bench.sh     Results: $OUT/tp_bench/*.json, log.txt
+# CPU smoke test:    SMOKE=1 OUT=/tmp/o bash scripts/gpu/tp_bench.sh
+set -uo pipefail
+NAME=tp_bench
+OUT_ROOT=${OUT:-$PWD/runs}
+D=$OUT_ROOT/$NAME
+mkdir -p "$D"
+export PYTHONPATH=$PWD:$PWD/protos${PYTHONPATH:+:$PYTHONPATH}
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=1 OMP_NUM_THREADS=4
+BUDGET=${BUDGET:-500}
+DEV=cuda
+NPROC=2
+if [ "${SMOKE:-0}" = "1" ]; then DEV=cpu; fi
+
+step() {  # step NAME TIMEOUT CMD...: run if enough of the budget is left; never abort the script
+  local name=$1 limit=$2; shift 2
+  local left=$((BUDGET - SECONDS))
+  if [ "$left" -lt 30 ]; then echo "== SKIP $name (only ${left}s left)"; return; fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "== $name (limit ${limit}s, t=${SECONDS}s)"
+  timeout --kill-after=10 "$limit" "$@"
+  echo "== $name rc=$? (t=${SECONDS}s)"
+}
+
+main() {
+  date -u; hostname
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.device_count())"
+  nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null; nvidia-smi topo -m 2>/dev/null
+  if ! python3 -c "import pytest" 2>/dev/null && ls .whl/pytest-*.whl >/dev/null 2>&1; then
+    whls=$(ls .whl/pytest-*.whl .whl/pluggy-*.whl .whl/iniconfig-*.whl .whl/pygments-*.whl)
+    python3 -c "import packaging" 2>/dev/null || whls="$whls $(ls .whl/packaging-*.whl)"
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site $whls && export PYTHONPATH=/tmp/site:$PYTHONPATH
+  fi
+  local run="torchrun --standalone --nproc-per-node $NPROC"
+  if [ "$DEV" = cuda ]; then
+    step kernel_tests 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/llm/test_kernels_quant.py
+  fi
+  step comm_nvlink 110 $run bench/tp_comm.py --device $DEV --tag nvlink --out "$D/comm_nvlink.json"
+  step e2e_nvlink 170 $run bench/tp_e2e.py --device $DEV --tag nvlink --out "$D/e2e_nvlink.json"
+  NCCL_P2P_DISABLE=1 step comm_nop2p 110 $run bench/tp_comm.py --device $DEV --tag nop2p --out "$D/comm_nop2p.json"
+  for m in dense moe; do
+    if [ -f models/llm/$m/config.json ]; then
+      step quality_$m 60 $run -m llm.parallel.quality --model models/llm/$m --device $DEV \
+        --text .llmdata/val.txt.xz --out "$D/quality_${m}_tp2.json"
+    else
+      echo "== no models/llm/$m: quality eval skipped"
+    fi
+  done
+  NCCL_P2P_DISABLE=1 step e2e_nop2p 120 $run bench/tp_e2e.py --device $DEV --tag nop2p --prompts 8192 \
+    --out "$D/e2e_nop2p.json"
+  echo "== done t=${SECONDS}s"; ls -la "$D"
+}
+
+main 2>&1 | tee "$D/log.txt"
