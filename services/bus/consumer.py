@@ -290,7 +290,10 @@ class _Consumer:
                 # Left pending: claimed again after the visibility timeout, by us or another consumer.
                 self._in_flight.pop(mid, None)
                 with contextlib.suppress(*TRANSIENT_ERRORS):
-                    await self.bus.redis.hset(self.errors_key, eid, text)
+                    pipe = self.bus.redis.pipeline(transaction=False)
+                    pipe.hset(self.errors_key, eid, text)
+                    pipe.pexpire(self.errors_key, int(self.cfg.dedup_ttl_s * 1000))
+                    await pipe.execute()
             return
         self._completed.append((mid, eid, outputs))
         self._wake_commit.set()

@@ -68,6 +68,8 @@ class _Producer:
     async def _publish(self, items: list[tuple[str, dict]]) -> bool:
         if self._closed:
             raise RuntimeError("producer is closed")
+        if not items:
+            return True
         if self._task is None:
             self._task = asyncio.create_task(self._pump(), name=f"bus-{self.kind}-producer")
         if self._degraded:
