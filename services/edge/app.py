@@ -37,6 +37,19 @@ def load_spotter(model_dir, num_threads: int, threshold_mode: str = "auto"):
     return Spotter.from_dir(str(model_dir), num_threads=num_threads, threshold_mode=threshold_mode)
 
 
+def warm_up(spotter) -> None:
+    """Load the phonemizer and run the encoder once, so the first device does not pay for it."""
+    import numpy as np
+
+    try:
+        stream = spotter.create_stream(["hello there"])
+        stream.accept_waveform(16000, np.zeros(16000, np.float32))
+        while spotter.is_ready(stream):
+            spotter.decode(stream)
+    except (ValueError, AttributeError) as e:
+        log.warning("spotter warm-up failed", extra={"error": str(e)})
+
+
 class EventPublisher:
     """Fire-and-forget publishing of KeywordEvents through the bus's spooling EventProducer."""
 
@@ -125,6 +138,7 @@ class EdgeNode:
             loop = asyncio.get_running_loop()
             self.spotter = await loop.run_in_executor(self.executor, load_spotter, s.model_dir, s.ort_threads,
                                                       s.threshold_mode)
+            await loop.run_in_executor(self.executor, warm_up, self.spotter)
         await self._connect_bus()
         self.servicer.set_spotter(self.spotter)
         self._tasks.append(asyncio.create_task(self._expire_loop(), name="answer-expiry"))

@@ -20,6 +20,7 @@ from wakeline.v1 import bus_pb2, edge_pb2, edge_pb2_grpc
 
 from services.edge.audio import AudioDecoder, AudioError
 from services.edge.auth import TokenTable, bearer
+from services.edge.batcher import DecodeBatcher
 from services.edge.keywords import KeywordBook, KeywordError
 from services.edge.metrics import EdgeMetrics
 from services.edge.sessions import CLOSE, Session, SessionRegistry
@@ -63,6 +64,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         self.limits = limits
         self.tokens = tokens or TokenTable()
         self.book: KeywordBook | None = None
+        self.batcher: DecodeBatcher | None = None
         self.model_rate = 16000
         self._active = 0
         if spotter is not None:
@@ -76,6 +78,9 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         # A spotter that resamples itself gets the device's rate, so serving matches its offline scoring.
         self.resample_here = not hasattr(spotter, "new_resampler")
         self.book = KeywordBook(spotter, self.limits.max_keywords)
+        if hasattr(spotter, "decode_streams"):
+            workers = getattr(self.executor, "_max_workers", 2)
+            self.batcher = DecodeBatcher(spotter, self.executor, workers=workers)
 
     # ---- Stream ---------------------------------------------------------------------------
 
@@ -184,8 +189,11 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
 
     async def _decode(self, session: Session, loop, decoder: AudioDecoder, samples, t_recv: float) -> None:
         async with session.lock:
-            dets, compute_s = await loop.run_in_executor(
-                self.executor, self.book.process, session.stream, decoder.out_rate, samples)
+            if self.batcher is not None:
+                dets, compute_s = await self.batcher.submit(session.stream, decoder.out_rate, samples)
+            else:
+                dets, compute_s = await loop.run_in_executor(
+                    self.executor, self.book.process, session.stream, decoder.out_rate, samples)
         if samples is not None:
             self.metrics.processed(samples.size / decoder.out_rate, compute_s)
             self.metrics.chunk_latency.observe(time.perf_counter() - t_recv)

@@ -21,8 +21,8 @@ class EdgeSettings(BaseSettings):
     node_id: str = Field(default_factory=lambda: f"edge-{socket.gethostname()}")
     bus_url: str | None = None  # None: an embedded Redis (a real redis-server on a unix socket)
     bus_namespace: str = "wakeline"  # keys are <namespace>:{bus}:...
-    bus_data_dir: Path = Path("var/edge/redis")  # the embedded Redis, when bus_url is None
-    spool_dir: Path = Path("var/edge/spool")
+    bus_data_dir: Path = Path(".wakeline/edge/redis")  # the embedded Redis, when bus_url is None
+    spool_dir: Path = Path(".wakeline/edge/spool")
 
     max_streams: int = Field(256, ge=1)
     max_chunk_bytes: int = Field(64 * 1024, ge=64)

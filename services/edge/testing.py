@@ -147,16 +147,11 @@ def speak(text: str, voice: str = "en-us", rate_wpm: int = 150) -> tuple[np.ndar
     import soundfile as sf
 
     try:
-        from kws.data.espeak import synthesize  # in-process engine of the kws data pipeline
-    except ImportError:
-        synthesize = None
-    if synthesize is not None:
-        try:
-            out = synthesize(text, voice=voice)
-            samples, rate = (out.samples, out.sample_rate) if hasattr(out, "samples") else out
-            return np.asarray(samples, np.float32), int(rate)
-        except Exception:  # fall back to the CLI on any API mismatch
-            pass
+        from kws.data.espeak import SAMPLE_RATE, synthesize  # in-process eSpeak of the kws data pipeline
+
+        return np.asarray(synthesize(text, voice=voice, rate=rate_wpm).audio, np.float32), int(SAMPLE_RATE)
+    except (ImportError, OSError, RuntimeError):  # no in-process engine here: the CLI does the same
+        pass
     exe = shutil.which("espeak-ng") or shutil.which("espeak")
     if exe is None:
         raise RuntimeError("no eSpeak NG (apt install espeak-ng)")
