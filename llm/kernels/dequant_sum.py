@@ -53,29 +53,25 @@ if triton is not None:
         pid_g = tl.program_id(1)
         half: tl.constexpr = GROUP // 2
         g = pid_g * BLOCK_G + tl.arange(0, BLOCK_G)
-        j = tl.arange(0, half)
-        byte = g[:, None] * half + j[None, :]
+        byte = g[:, None] * half + tl.arange(0, half)[None, :]         # [BLOCK_G, half]
         mb = (byte < PB) & (g[:, None] < NG)
         mg = g < NG
-        acc_e = tl.zeros([BLOCK_G, half], dtype=tl.float32)
-        acc_o = tl.zeros([BLOCK_G, half], dtype=tl.float32)
+        acc_lo = tl.zeros([BLOCK_G, half], dtype=tl.float32)
+        acc_hi = tl.zeros([BLOCK_G, half], dtype=tl.float32)
         # scales/outliers pointers are fp16/bf16 views of the same buffer: offsets in 2-byte units
         rank_half = RANK_BYTES // 2
         for r in range(0, W):
             b = tl.load(buf_ptr + r * RANK_BYTES + row * PB + byte, mask=mb, other=136).to(tl.int32)
             sc = tl.load(scales_ptr + r * rank_half + OFF_S // 2 + row * NG + g, mask=mg, other=0.0)
             scf = sc.to(tl.float32)[:, None]
-            acc_e += ((b & 15) - 8).to(tl.float32) * scf
-            acc_o += ((b >> 4) - 8).to(tl.float32) * scf
-        ce = 2 * byte
-        co = ce + 1
-        me = (ce < H) & (g[:, None] < NG)
-        mo = (co < H) & (g[:, None] < NG)
+            acc_lo += ((b & 15) - 8).to(tl.float32) * scf
+            acc_hi += ((b >> 4) - 8).to(tl.float32) * scf
+        acc = tl.reshape(tl.join(acc_lo, acc_hi), [BLOCK_G, GROUP])    # interleave back to channels
+        ch = g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+        m = (ch < H) & (g[:, None] < NG)
         # outlier channels are written by the pid_g == 0 program below, never here (no race)
-        oe = tl.load(mask_ptr + ce, mask=me, other=1)
-        oo = tl.load(mask_ptr + co, mask=mo, other=1)
-        tl.store(out_ptr + row * stride_out + ce, acc_e.to(out_ptr.dtype.element_ty), mask=me & (oe == 0))
-        tl.store(out_ptr + row * stride_out + co, acc_o.to(out_ptr.dtype.element_ty), mask=mo & (oo == 0))
+        is_out = tl.load(mask_ptr + ch, mask=m, other=1)
+        tl.store(out_ptr + row * stride_out + ch, acc.to(out_ptr.dtype.element_ty), mask=m & (is_out == 0))
         if pid_g == 0:
             kk = tl.arange(0, BLOCK_K)
             for k0 in range(0, K, BLOCK_K):

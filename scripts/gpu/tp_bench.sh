@@ -53,6 +53,9 @@ main() {
   done
   NCCL_P2P_DISABLE=1 step e2e_nop2p 120 $run bench/tp_e2e.py --device $DEV --tag nop2p --prompts 8192 \
     --out "$D/e2e_nop2p.json"
+  # more NCCL channels for both paths (the 2-rank all-gather does not fill NVLink by default)
+  NCCL_MIN_NCHANNELS=32 step comm_nvlink_ch32 90 $run bench/tp_comm.py --device $DEV --tag nvlink_ch32 \
+    --iters 10 --out "$D/comm_nvlink_ch32.json"
   echo "== done t=${SECONDS}s"; ls -la "$D"
 }
 
