@@ -39,7 +39,9 @@ class WorkerSettings(BaseSettings):
     max_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.0, ge=0)
     request_timeout_s: float = Field(60.0, gt=0)
-    metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off")
+    health_port: int = Field(0, ge=0, le=65535, description="gRPC health port (SERVING while consuming); 0 = off")
+    health_host: str = "127.0.0.1"
 
     @field_validator("bus_url", "llm_token", mode="before")
     @classmethod

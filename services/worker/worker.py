@@ -181,6 +181,11 @@ async def run_worker(s: WorkerSettings, stop: asyncio.Event | None = None, ready
                            request_timeout_s=s.request_timeout_s)
     consumer = EventConsumer(bus, s.group, s.consumer, concurrency=s.concurrency)
     task = asyncio.create_task(consumer.run(worker.handle))
+    health_srv = await _health_server(s) if s.health_port else None
+    if s.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(s.metrics_port, addr=s.health_host)  # the bus consumer's counters
     log.info("worker running", extra={"group": s.group, "consumer": s.consumer, "backend": s.backend})
     if ready is not None:
         ready()
@@ -192,7 +197,22 @@ async def run_worker(s: WorkerSettings, stop: asyncio.Event | None = None, ready
         consumer.stop()
         await asyncio.wait_for(task, timeout=s.request_timeout_s)
     finally:
+        if health_srv is not None:
+            await health_srv.stop(0)
         if not task.done():
             task.cancel()
         await backend.close()
         await bus.close()
+
+
+async def _health_server(s: WorkerSettings):
+    """A gRPC server with only the standard health service, SERVING while the worker consumes (probes)."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    srv = grpc.aio.server()
+    hs = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(hs, srv)
+    srv.add_insecure_port(f"{s.health_host}:{s.health_port}")
+    await srv.start()
+    await hs.set("", health_pb2.HealthCheckResponse.SERVING)
+    return srv
