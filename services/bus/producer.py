@@ -87,7 +87,8 @@ class _Producer:
         SPOOLED.labels(self.kind).inc(len(items))
 
     async def _xadd(self, items) -> None:
-        pipe = self.bus.redis.pipeline(transaction=False)
+        # Sequential script calls, not a pipeline: redis-py adds a SCRIPT EXISTS round trip to
+        # every pipeline holding a script, and one call already carries up to _SCRIPT_BATCH entries.
         for s in range(0, len(items), _SCRIPT_BATCH):
             keys: list[str] = []
             index: dict[str, int] = {}
@@ -97,8 +98,7 @@ class _Producer:
                     keys.append(stream)
                     index[stream] = len(keys)
                 args += [index[stream], f[F_ID], f[F_TYPE], f[F_DATA], f[F_TS]]
-            await self._xadd_many(keys=keys, args=args, client=pipe)
-        await pipe.execute()
+            await self._xadd_many(keys=keys, args=args)
 
     async def _pump(self) -> None:
         backoff = Backoff()
