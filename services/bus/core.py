@@ -16,6 +16,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from wakeline.v1 import bus_pb2
@@ -228,8 +229,13 @@ async def open_bus(cfg: BusConfig) -> Bus:
         bus = Bus(cfg, url, stop)
     else:
         bus = Bus(cfg, cfg.url)
-    if not await bus.ping():
-        log.warning("redis not reachable yet; will retry", extra={"url": redact(bus.url)})
+    try:
+        await bus.redis.ping()
+    except AuthenticationError as e:  # a ConnectionError subclass, but retrying cannot fix it
+        await bus.close()
+        raise RuntimeError(f"redis at {redact(bus.url)} rejected the credentials: {e}") from e
+    except TRANSIENT_ERRORS as e:
+        log.warning("redis not reachable yet; will retry", extra={"url": redact(bus.url), "error": str(e)})
     return bus
 
 

@@ -366,3 +366,35 @@ def test_slow_handler_keeps_its_lease(redis_url, tmp_path):
         await bus.close()
 
     asyncio.run(main())
+
+
+def test_url_with_password_and_bad_credentials(tmp_path):
+    import subprocess
+    import time
+
+    from tests.conftest import redis_server_binary
+
+    binary = redis_server_binary()
+    if not binary:
+        pytest.skip("no redis-server binary")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--requirepass", "s3cret"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async def main():
+            for _ in range(100):
+                bus = await open_bus(cfg(f"redis://default:s3cret@127.0.0.1:{port}/0", tmp_path))
+                if await bus.ping():
+                    break
+                await bus.close()
+                time.sleep(0.05)
+            assert await EventProducer(bus).publish_event(event(1))
+            assert "s3cret" not in (await bus.stats())["url"]
+            await bus.close()
+            with pytest.raises(RuntimeError, match="rejected the credentials"):
+                await open_bus(cfg(f"redis://:wrong@127.0.0.1:{port}/0", tmp_path))
+
+        asyncio.run(main())
+    finally:
+        proc.kill()
+        proc.wait()
