@@ -18,8 +18,14 @@ CHAT_TEMPLATE = ("{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content
 
 
 def make_tiny_llama(out: str | Path, *, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                    max_positions: int = 512, vocab: int = 512, seed: int = 0) -> Path:
-    """Write a tiny Llama-shaped checkpoint with tokenizer and chat template to `out`; returns it."""
+                    max_positions: int = 512, vocab: int = 512, seed: int = 0, intermediate: int | None = None,
+                    model_vocab: int | None = None, dtype: str | None = None) -> Path:
+    """Write a random-weight Llama-shaped checkpoint with tokenizer and chat template to `out`; returns it.
+
+    `vocab` bounds the BPE tokenizer (trained on a few sentences, so it stays small); `model_vocab`
+    sets the embedding size when a realistic shape is wanted (ids past the tokenizer decode to "").
+    `dtype` ("bfloat16", ...) is the stored dtype.
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -40,13 +46,16 @@ def make_tiny_llama(out: str | Path, *, hidden: int = 64, layers: int = 2, heads
         "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "add_bos_token": False,
         "chat_template": CHAT_TEMPLATE}))
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=n_vocab, hidden_size=hidden, intermediate_size=hidden * 2,
+    cfg = LlamaConfig(vocab_size=max(n_vocab, model_vocab or 0), hidden_size=hidden,
+                      intermediate_size=intermediate or hidden * 2,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                       max_position_embeddings=max_positions, bos_token_id=tok.token_to_id("<s>"),
                       eos_token_id=eos, pad_token_id=0, tie_word_embeddings=False, rope_theta=10000.0)
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():
         model.lm_head.weight[eos].zero_()
+    if dtype:
+        model = model.to(getattr(torch, dtype))
     model.save_pretrained(out, safe_serialization=True)
     return out
 
