@@ -1,0 +1,1 @@
+"""Baselines scored through the same evaluation code as our own models."""

@@ -1,0 +1,117 @@
+"""A small real-speech dev set from Debian packages, in the contract's pairs and streams formats.
+
+Sources (with the transcripts they ship):
+- ``pocketsphinx-testdata``: ``cards/*.wav`` (``cards.transcription``: "ten of clubs", ...),
+  ``librivox/*.wav`` (``transcription``: read sentences), ``goforward.raw`` ("go forward ten
+  meters", 16 kHz int16, the transcript of pocketsphinx's own tests);
+- ``klettres-data``: ``{en,en_GB}/syllab/*.ogg``, short words named in ``sounds.xml`` (two
+  speakers; the letter clips and the non-word sounds "aw", "ch", "th" are left out).
+
+Pairs: every clip with its transcript (positive), a hard negative (smallest non-zero phoneme
+distance, same word count) and an easy negative. Streams: one recording of all clips in a
+row with silences, keywords = four klettres words, events = where those clips were placed.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+
+PS_DATA = Path("/usr/share/pocketsphinx/test/data")
+KLETTRES = Path("/usr/share/klettres")
+_NOT_WORDS = {"AW", "CH", "TH"}
+STREAM_KEYWORDS = ["dog", "key", "sky", "jet"]
+
+
+def real_clips() -> list[tuple[str, str, str]]:
+    """``(clip id, audio path, transcript)`` of every usable clip found on this machine."""
+    out = []
+    line = re.compile(r"<s>\s*(.*?)\s*</s>\s*\((.+)\)")
+    for sub, trans in (("cards", "cards.transcription"), ("librivox", "transcription")):
+        f = PS_DATA / sub / trans
+        if f.exists():
+            for ln in f.read_text().splitlines():
+                m = line.search(ln)
+                if m and (PS_DATA / sub / f"{m.group(2)}.wav").exists():
+                    out.append((f"ps-{sub}-{m.group(2)}", str(PS_DATA / sub / f"{m.group(2)}.wav"), m.group(1)))
+    if (PS_DATA / "goforward.raw").exists():
+        out.append(("ps-goforward", str(PS_DATA / "goforward.raw"), "go forward ten meters"))
+    for lang in ("en", "en_GB"):
+        xml = KLETTRES / lang / "sounds.xml"
+        if not xml.exists():
+            continue
+        root = ET.parse(xml).getroot()
+        for lang_el in root.iter("language"):
+            for syl in lang_el.iter("syllables"):
+                for snd in syl.iter("sound"):
+                    name, rel = snd.get("name", ""), snd.get("file", "")
+                    path = KLETTRES / rel
+                    if name.upper() in _NOT_WORDS or not rel.startswith(f"{lang}/") or not path.exists():
+                        continue
+                    out.append((f"kl-{lang}-{name.lower()}", str(path), name.lower()))
+    return out
+
+
+def _load(path: str) -> np.ndarray:
+    from kws.eval.manifest import load_audio
+
+    if path.endswith(".raw"):
+        return np.fromfile(path, dtype=np.int16).astype(np.float32) / 32768.0
+    return load_audio(path)
+
+
+def _speech_span(x: np.ndarray, sr: int = 16000) -> tuple[float, float]:
+    """First and last 10 ms frame above 10 % of the clip's peak frame energy."""
+    frames = x[: len(x) // 160 * 160].reshape(-1, 160)
+    e = np.sqrt((frames**2).mean(axis=1))
+    on = np.nonzero(e > 0.1 * e.max())[0]
+    return float(on[0] * 160 / sr), float((on[-1] + 1) * 160 / sr)
+
+
+def build_real(out: str | Path, seed: int = 0) -> dict:
+    """Write ``pairs.jsonl``, ``streams.jsonl`` and 16 kHz WAVs under ``out``; return counts."""
+    from kws.data.lexicon import Lexicon
+    from kws.eval.manifest import write_audio, write_jsonl
+
+    out = Path(out)
+    clips = real_clips()
+    if not clips:
+        raise RuntimeError("no real speech found: apt-get install pocketsphinx-testdata klettres-data")
+    lex = Lexicon()
+    rng = np.random.default_rng(seed)
+    texts = [t for _, _, t in clips]
+    pairs, audio = [], {}
+    for cid, path, text in clips:
+        x = _load(path)
+        audio[cid] = x
+        rel = f"clips/{cid}.wav"
+        write_audio(out / rel, x)
+        hard = lex.hard_negatives(text, rng, k=1)
+        others = [t for t in texts if t != text and len(t.split()) == len(text.split())] or lex.phrases
+        easy = lex.easy_negative(text, rng, pool=others if len(others) > 3 else lex.phrases)
+        pairs.append({"id": f"{cid}-positive", "audio": rel, "text": text, "label": 1, "kind": "positive"})
+        if hard:
+            pairs.append({"id": f"{cid}-hard", "audio": rel, "text": hard[0], "label": 0, "kind": "hard"})
+        pairs.append({"id": f"{cid}-easy", "audio": rel, "text": easy, "label": 0, "kind": "easy"})
+    write_jsonl(out / "pairs.jsonl", pairs)
+    # one stream: every clip in a random order, 0.5-2 s of quiet noise between them
+    order = [clips[int(i)] for i in rng.permutation(len(clips))]
+    parts, events, t = [np.zeros(8000, np.float32)], [], 0.5
+    for cid, _, text in order:
+        x = audio[cid]
+        if text in STREAM_KEYWORDS:
+            s, e = _speech_span(x)
+            events.append({"keyword": text, "start": round(t + s, 3), "end": round(t + e, 3)})
+        gap = np.zeros(int(rng.uniform(0.5, 2.0) * 16000), np.float32)
+        parts += [x, gap]
+        t += (len(x) + len(gap)) / 16000
+    stream = np.concatenate(parts)
+    stream = stream + 0.002 * rng.standard_normal(len(stream)).astype(np.float32)
+    write_audio(out / "streams" / "real.wav", stream)
+    write_jsonl(out / "streams.jsonl", [{"id": "real", "audio": "streams/real.wav", "keywords": STREAM_KEYWORDS,
+                                          "events": events}])
+    return {"clips": len(clips), "trials": len(pairs), "stream_seconds": round(len(stream) / 16000, 1),
+            "events": len(events)}

@@ -1,0 +1,1 @@
+"""Keyword-spotting evaluation: manifests, metrics, scoring backends (shared/specs/kws-eval.md)."""
