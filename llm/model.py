@@ -216,9 +216,13 @@ class Attention(nn.Module):
             # whole prompts from position 0: plain causal attention (flash on CUDA), cache written after
             if self.kv_cache is not None:
                 self.kv_cache.update(input_pos, slots, k, v)
-            y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                               is_causal=S > 1, scale=scale, enable_gqa=hq != hk)
-            keys = k.transpose(1, 2)
+            keys, values = k.transpose(1, 2), v.transpose(1, 2)  # [B, Hk, S, D]
+            if hq != hk:  # a cheap copy next to prefill, and it keeps SDPA on its flash kernel
+                keys_r = keys.repeat_interleave(hq // hk, dim=1)
+                values = values.repeat_interleave(hq // hk, dim=1)
+            else:
+                keys_r = keys
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), keys_r, values, is_causal=S > 1, scale=scale)
         else:
             keys, values = self.kv_cache.update_and_read(input_pos, slots, k, v, kv_len)  # [B, Hk, T, D]
             y = grouped_attention(q, keys, values, input_pos, scale)  # [B, H, S, D]

@@ -1,0 +1,266 @@
+"""LLM engine benchmark: TTFT and decode throughput, side by side with transformers.generate.
+
+For each model (a local HF folder, or `random-1b` / `random-dense` / `random-moe`, made here with
+transformers + save_pretrained): time to first token for each prompt length, decode tokens/s at
+each batch size (CUDA graphs on, and eager at batch 1), the same with transformers.generate in the
+same process, the memory-bandwidth bound (decode-read weight bytes / measured copy bandwidth)
+and how many greedy tokens the two agree on. Writes JSON and prints a table.
+
+    python bench/llm_engine.py --device cuda --models random-1b models/llm/dense models/llm/moe
+    python bench/llm_engine.py --device cpu --models models/llm/dense --batches 1 --prompt-lens 256 --no-hf
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from llm.engine import Engine, SamplingParams  # noqa: E402
+
+SHAPES = {  # the Llama-3.2-1B shape, and the default models' shapes (llm/train/models.py)
+    "random-1b": dict(arch="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+                      num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+                      tie_word_embeddings=True, max_position_embeddings=131072,
+                      rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
+                                       "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                       "original_max_position_embeddings": 8192}),
+    "random-dense": dict(arch="llama", vocab_size=8192, hidden_size=256, intermediate_size=576, num_hidden_layers=6,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=64, tie_word_embeddings=True,
+                         max_position_embeddings=8192, rope_parameters={"rope_type": "default", "rope_theta": 5e5}),
+    "random-moe": dict(arch="mixtral", vocab_size=8192, hidden_size=256, intermediate_size=112, num_hidden_layers=4,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=64, tie_word_embeddings=True,
+                       num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=8192,
+                       rope_parameters={"rope_type": "default", "rope_theta": 5e5}),
+}
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def make_random(name: str, root: Path, device: torch.device, smoke: bool) -> Path:
+    """Save a random-weight checkpoint of a known shape with transformers (bf16 on CUDA)."""
+    import transformers
+
+    shape = dict(SHAPES[name])
+    arch = shape.pop("arch")
+    if smoke:
+        shape.update(vocab_size=4096, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=32)
+    out = root / name
+    if (out / "config.json").is_file():
+        return out
+    cfg = (transformers.LlamaConfig if arch == "llama" else transformers.MixtralConfig)(**shape)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    model.save_pretrained(out)
+    del model
+    return out
+
+
+def copy_bandwidth(device: torch.device, nbytes: int) -> float:
+    """Device-memory copy bandwidth in bytes/s (read + write counted)."""
+    a = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device).normal_()
+    b = torch.empty_like(a)
+    b.copy_(a)
+    sync(device)
+    n = 10
+    t = time.perf_counter()
+    for _ in range(n):
+        b.copy_(a)
+    sync(device)
+    return 2 * nbytes * n / (time.perf_counter() - t)
+
+
+def decode_weight_bytes(model) -> int:
+    """Bytes a batch-1 decode step reads: every weight, except an untied input embedding (one row)."""
+    seen, total = set(), 0
+    for name, p in model.named_parameters():
+        if id(p) in seen or (name == "tok_embeddings.weight" and not model.args.tie_word_embeddings):
+            continue
+        seen.add(id(p))
+        total += p.numel() * p.element_size()
+    return total
+
+
+def rand_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(10, vocab, (n, length), generator=g).tolist()
+
+
+def ours_decode(eng: Engine, batch: int, gen: int, plen: int) -> float:
+    """Decode tokens/s for `batch` requests of `plen`-token prompts, prefill excluded."""
+    vocab = eng.model.args.vocab_size
+    eng.generate_ids(rand_prompts(batch, plen, vocab, 1), SamplingParams(max_tokens=4, ignore_eos=True))
+    sp = SamplingParams(max_tokens=gen, ignore_eos=True)
+    for i, p in enumerate(rand_prompts(batch, plen, vocab, 2)):
+        eng.add_request(f"d{i}", p, sp)
+    started = set()
+    while len(started) < batch:
+        started |= {o.request_id for o in eng.step()}
+    sync(eng.device)
+    t, toks = time.perf_counter(), 0
+    while eng.has_unfinished():
+        toks += sum(len(o.new_token_ids) for o in eng.step())
+    sync(eng.device)
+    return toks / (time.perf_counter() - t)
+
+
+def ours_ttft(eng: Engine, plen: int, reps: int) -> float:
+    times = []
+    for r in range(reps + 1):
+        p = rand_prompts(1, plen, eng.model.args.vocab_size, 10 + r)[0]
+        sync(eng.device)
+        t = time.perf_counter()
+        eng.add_request(f"t{r}", p, SamplingParams(max_tokens=1, ignore_eos=True))
+        while eng.has_unfinished():
+            eng.step()
+        sync(eng.device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[1:])  # the first run pays one-off kernel selection
+
+
+def hf_generate(hf, ids: list[list[int]], n: int) -> tuple[float, torch.Tensor]:
+    cfg = hf.generation_config
+    cfg.update(eos_token_id=[], max_new_tokens=n, min_new_tokens=None, do_sample=False, pad_token_id=0)
+    x = torch.tensor(ids, device=hf.device)
+    sync(hf.device)
+    t = time.perf_counter()
+    with torch.inference_mode():
+        out = hf.generate(x, attention_mask=torch.ones_like(x), generation_config=cfg)
+    sync(hf.device)
+    return time.perf_counter() - t, out[:, x.shape[1]:]
+
+
+def hf_decode(hf, batch: int, gen: int, plen: int, vocab: int) -> float:
+    ids = rand_prompts(batch, plen, vocab, 2)
+    hf_generate(hf, ids, 4)
+    t1, _ = hf_generate(hf, ids, 1)
+    tn, _ = hf_generate(hf, ids, gen)
+    return batch * (gen - 1) / max(tn - t1, 1e-9)
+
+
+def hf_ttft(hf, plen: int, vocab: int, reps: int) -> float:
+    return statistics.median(hf_generate(hf, rand_prompts(1, plen, vocab, 10 + r), 1)[0] for r in range(reps + 1))
+
+
+def bench_model(path: Path, a, device: torch.device, bw: float) -> dict:
+    res: dict = {"path": str(path)}
+    limit = json.loads((path / "config.json").read_text()).get("max_position_embeddings", 4096)
+    plens = [p for p in a.prompt_lens if p + 8 <= limit]
+    max_ctx = min(limit, max([*plens, a.decode_prompt_len]) + a.gen + 16)
+    t = time.perf_counter()
+    eng = Engine.from_pretrained(path, device=str(device), dtype=a.dtype, max_batch_size=max(a.batches),
+                                 max_context=max_ctx, max_prefill_tokens_per_step=max(plens + [a.decode_prompt_len]),
+                                 detokenize=False)
+    res["load_s"] = round(time.perf_counter() - t, 2)
+    model = eng.model
+    res["params_M"] = round(sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()) / 1e6, 2)
+    wbytes = decode_weight_bytes(model)
+    res["decode_weight_MB"] = round(wbytes / 1e6, 1)
+    res["bound_tok_s_b1"] = round(bw / wbytes, 1)
+    vocab = model.args.vocab_size
+    res["ttft_ms"] = {p: round(ours_ttft(eng, p, a.reps) * 1e3, 2) for p in plens}
+    res["decode_tok_s"] = {b: round(ours_decode(eng, b, a.gen, a.decode_prompt_len), 1) for b in a.batches}
+    graphs, eng.graphs = eng.graphs, None
+    res["decode_tok_s_eager_b1"] = round(ours_decode(eng, 1, a.gen, a.decode_prompt_len), 1)
+    eng.graphs = graphs
+    res["pct_of_bound_b1"] = round(100 * res["decode_tok_s"][a.batches[0]] / res["bound_tok_s_b1"], 1)
+    ids = rand_prompts(1, a.decode_prompt_len, vocab, 3)
+    ours_tokens = eng.generate_ids(ids, SamplingParams(max_tokens=32, ignore_eos=True))[0]
+    if a.hf:
+        import transformers
+
+        dtype = model.dtype
+        hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        res["hf_ttft_ms"] = {p: round(hf_ttft(hf, p, vocab, a.reps) * 1e3, 2) for p in plens}
+        res["hf_decode_tok_s"] = {b: round(hf_decode(hf, b, a.gen, a.decode_prompt_len, vocab), 1) for b in a.batches}
+        res["decode_speedup"] = {b: round(res["decode_tok_s"][b] / res["hf_decode_tok_s"][b], 2) for b in a.batches}
+        res["prefill_speedup"] = {p: round(res["hf_ttft_ms"][p] / res["ttft_ms"][p], 2) for p in plens}
+        hf_tokens = hf_generate(hf, ids, 32)[1][0].tolist()
+        same = next((i for i, (x, y) in enumerate(zip(ours_tokens, hf_tokens, strict=True)) if x != y), 32)
+        res["greedy_agree_prefix_of_32"] = same
+        del hf
+    del eng, model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
+def print_table(out: dict) -> None:
+    print(f"\ndevice: {out['device']}  copy bandwidth: {out['bandwidth_GBps']} GB/s")
+    for name, r in out["models"].items():
+        if "error" in r:
+            print(f"{name}: ERROR {r['error']}")
+            continue
+        print(f"\n{name}: {r['params_M']}M params, bound at batch 1: {r['bound_tok_s_b1']} tok/s "
+              f"(ours {r['pct_of_bound_b1']}% of it; eager b1 {r['decode_tok_s_eager_b1']} tok/s)")
+        print(f"  {'metric':<22}{'ours':>12}{'transformers':>14}{'speedup':>9}")
+        for p, v in r["ttft_ms"].items():
+            hv = r.get("hf_ttft_ms", {}).get(p, "-")
+            print(f"  {'TTFT ms @' + str(p):<22}{v:>12}{hv:>14}{r.get('prefill_speedup', {}).get(p, '-'):>9}")
+        for b, v in r["decode_tok_s"].items():
+            hv = r.get("hf_decode_tok_s", {}).get(b, "-")
+            print(f"  {'decode tok/s @b' + str(b):<22}{v:>12}{hv:>14}{r.get('decode_speedup', {}).get(b, '-'):>9}")
+        if "greedy_agree_prefix_of_32" in r:
+            print(f"  greedy tokens identical for the first {r['greedy_agree_prefix_of_32']}/32")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["random-1b", "models/llm/dense", "models/llm/moe"])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, help="bf16 on CUDA, fp32 on CPU when unset")
+    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--prompt-lens", default="1024,8192")
+    ap.add_argument("--decode-prompt-len", type=int, default=32)
+    ap.add_argument("--gen", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--no-hf", dest="hf", action="store_false")
+    ap.add_argument("--smoke", action="store_true", help="tiny random shapes (to test the script)")
+    ap.add_argument("--workdir", default="/tmp/llm_bench_models")
+    ap.add_argument("--out", default="runs/bench/llm_engine.json")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave)")
+    a = ap.parse_args()
+    a.batches = [int(x) for x in a.batches.split(",")]
+    a.prompt_lens = [int(x) for x in a.prompt_lens.split(",")]
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    bw = copy_bandwidth(device, (1 << 30) if device.type == "cuda" else (1 << 27))
+    out = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
+           "torch": torch.__version__, "bandwidth_GBps": round(bw / 1e9, 1), "args": vars(a), "models": {},
+           "load_avg": os.getloadavg()[0]}
+    for m in a.models:
+        name = Path(m).name if not m.startswith("random-") else m
+        try:
+            path = make_random(m, Path(a.workdir), device, a.smoke) if m.startswith("random-") else Path(m)
+            if not (path / "config.json").is_file():
+                print(f"skip {m}: no checkpoint there", flush=True)
+                continue
+            print(f"benchmarking {name} ...", flush=True)
+            out["models"][name] = bench_model(path, a, device, bw)
+        except Exception as e:  # keep the other models' numbers
+            out["models"][name] = {"error": f"{type(e).__name__}: {e}"}
+            import traceback
+
+            traceback.print_exc()
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(out, indent=1))
+    print_table(out)
+
+
+if __name__ == "__main__":
+    main()
