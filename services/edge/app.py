@@ -50,6 +50,23 @@ def warm_up(spotter) -> None:
         log.warning("spotter warm-up failed", extra={"error": str(e)})
 
 
+def bus_config(s: EdgeSettings):
+    """The bus configuration: WAKELINE_BUS_* settings, overridden by the edge's own bus fields."""
+    import dataclasses
+
+    from services.settings import BusSettings
+
+    cfg = BusSettings().to_config()
+    over = {"spool_dir": str(s.spool_dir)}
+    if s.bus_url is not None:
+        over["url"] = s.bus_url
+    if s.bus_namespace is not None:
+        over["namespace"] = s.bus_namespace
+    if s.bus_data_dir is not None:
+        over["data_dir"] = str(s.bus_data_dir)
+    return dataclasses.replace(cfg, **over)
+
+
 class EventPublisher:
     """Fire-and-forget publishing of KeywordEvents through the bus's spooling EventProducer."""
 
@@ -148,16 +165,15 @@ class EdgeNode:
 
     async def _connect_bus(self) -> None:
         try:
-            from services.bus import BusConfig, EventProducer, ReplyConsumer, open_bus
+            from services.bus import EventProducer, ReplyConsumer, open_bus
         except ImportError:  # the package root re-exports these once the bus lands in full
             from services.bus.consumer import ReplyConsumer
-            from services.bus.core import BusConfig, open_bus
+            from services.bus.core import open_bus
             from services.bus.producer import EventProducer
 
         s = self.settings
         if self.bus is None:
-            self.bus = await open_bus(BusConfig(url=s.bus_url, namespace=s.bus_namespace,
-                                                spool_dir=str(s.spool_dir), data_dir=str(s.bus_data_dir)))
+            self.bus = await open_bus(bus_config(s))
         self.producer = EventProducer(self.bus, s.spool_dir)
         self.publisher = EventPublisher(self.producer, self.metrics)
         self.replies = ReplyConsumer(self.bus, s.node_id)

@@ -19,9 +19,11 @@ class EdgeSettings(BaseSettings):
     port: int = Field(50051, ge=0, le=65535)
     model_dir: Path = Path("models/kws/default")
     node_id: str = Field(default_factory=lambda: f"edge-{socket.gethostname()}")
-    bus_url: str | None = None  # None: an embedded Redis (a real redis-server on a unix socket)
-    bus_namespace: str = "wakeline"  # keys are <namespace>:{bus}:...
-    bus_data_dir: Path = Path(".wakeline/edge/redis")  # the embedded Redis, when bus_url is None
+    # The bus: unset fields fall back to WAKELINE_BUS_* (services.settings.BusSettings); no URL at
+    # all means an embedded Redis (a real redis-server on a unix socket in the bus data dir).
+    bus_url: str | None = None
+    bus_namespace: str | None = None
+    bus_data_dir: Path | None = None
     spool_dir: Path = Path(".wakeline/edge/spool")
 
     max_streams: int = Field(256, ge=1)
@@ -48,7 +50,7 @@ class EdgeSettings(BaseSettings):
     metrics_port: int | None = Field(9464, ge=0, le=65535)  # None: no metrics endpoint
     grace_s: float = Field(10.0, ge=0)  # drain period on SIGTERM
 
-    @field_validator("bus_url", "auth_tokens", mode="before")
+    @field_validator("bus_url", "bus_namespace", "auth_tokens", mode="before")
     @classmethod
     def _empty_is_none(cls, v):
         return None if v in ("", None) else v

@@ -156,3 +156,16 @@ def test_settings_from_env(monkeypatch):
 
 def test_normalize():
     assert normalize("  Lights   ON ") == "lights on"
+
+
+def test_bus_config_precedence(monkeypatch):
+    from services.edge.app import bus_config
+
+    monkeypatch.delenv("WAKELINE_BUS_URL", raising=False)
+    assert bus_config(EdgeSettings(node_id="n")).url is None  # embedded Redis
+    monkeypatch.setenv("WAKELINE_BUS_URL", "redis://bus-host:6379/0")
+    monkeypatch.setenv("WAKELINE_BUS_MAXLEN", "1234")
+    cfg = bus_config(EdgeSettings(node_id="n", spool_dir="/tmp/s"))
+    assert (cfg.url, cfg.maxlen, cfg.spool_dir) == ("redis://bus-host:6379/0", 1234, "/tmp/s")
+    cfg = bus_config(EdgeSettings(node_id="n", bus_url="redis://edge-own:1/0", bus_namespace="ns2"))
+    assert (cfg.url, cfg.namespace) == ("redis://edge-own:1/0", "ns2")
