@@ -90,7 +90,10 @@ def export_model(model: StreamingEncoder, matcher: Matcher, table_emb: np.ndarra
     }
     export_encoder(model, out / "encoder.onnx", meta)
     if int8:
-        quantize_int8(out / "encoder.onnx", out / "encoder.int8.onnx")
+        try:
+            quantize_int8(out / "encoder.onnx", out / "encoder.int8.onnx")
+        except Exception as e:  # the fp32 model is the product; int8 is an optional extra
+            (out / "int8_error.txt").write_text(repr(e))
     matcher.to_numpy(w_sim, w_ctc, use_matcher).save(out / "matcher.npz")
     np.savez(out / "phone_table.npz", emb=table_emb.astype(np.float32), logp=table_logp.astype(np.float32))
     return out

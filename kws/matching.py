@@ -15,12 +15,11 @@ from torch import nn
 from edge.scoring import CTC_FLOOR, LMAX, N_FEAT, NEG, NMAX, MatcherWeights
 
 
-def _shift(x: torch.Tensor, k: int, fill: float) -> torch.Tensor:
-    """x [B, T] -> y[t] = x[t - k] (fill where t - k < 0)."""
-    if k == 0:
-        return x
-    pad = torch.full_like(x[:, :k], fill)
-    return torch.cat([pad, x[:, :-k]], dim=1)
+def _lags(x: torch.Tensor, first: int, fill: float) -> torch.Tensor:
+    """x [B, T] -> [B, T, LMAX] with [..., j] = x[t - first - j] (fill before the start)."""
+    t = x.shape[1]
+    padded = F.pad(x, (LMAX - 1 + first, 0), value=fill)  # [B, T + LMAX - 1 + first]
+    return padded.unfold(1, LMAX, 1)[:, :t].flip(-1)
 
 
 def dsp_partition(emb, logp, q, ids, n, w_sim: float, w_ctc: float):
@@ -41,8 +40,8 @@ def dsp_partition(emb, logp, q, ids, n, w_sim: float, w_ctc: float):
         s = torch.einsum("bte,be->bt", emb, q[:, i])
         c = torch.clamp(logp.gather(2, (ids[:, i] + 1)[:, None, None].expand(b, t, 1))[..., 0], min=CTC_FLOOR)
         c = c / -CTC_FLOOR + 1.0
-        s_l = torch.stack([_shift(s, k, 0.0) for k in range(LMAX)], dim=2)  # [B, T, L]: s[t - l + 1]
-        c_l = torch.stack([_shift(c, k, 0.0) for k in range(LMAX)], dim=2)
+        s_l = _lags(s, 0, 0.0)  # [B, T, L]: s[t - l + 1]
+        c_l = _lags(c, 0, 0.0)
         ms = torch.cumsum(s_l, dim=2) * inv_l
         xs = torch.cummax(s_l, dim=2).values
         xc = torch.cummax(c_l, dim=2).values
@@ -51,7 +50,7 @@ def dsp_partition(emb, logp, q, ids, n, w_sim: float, w_ctc: float):
             ok = torch.arange(1, LMAX + 1, device=dev)[None] <= (tt[:, None] + 1)  # [T, L]
             prev = torch.where(ok, 0.0, NEG).to(emb.dtype)[None].expand(b, t, LMAX)
         else:
-            prev = torch.stack([_shift(d_prev, k, NEG) for k in range(1, LMAX + 1)], dim=2)
+            prev = _lags(d_prev, 1, NEG)  # D[i - 1, t - l]
         cand = prev + g
         best = cand.argmax(dim=2)  # [B, T]
         d_i = cand.gather(2, best[..., None])[..., 0]

