@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -43,7 +44,9 @@ class EdgeMetrics:
                                 registry=r)
         self._rejected = Counter("wakeline_edge_rejected", "RPCs ended with an error status", ["node", "code"], registry=r)
         self._node = node_id
-        self._window: list[tuple[float, float, float]] = []  # (t, audio_s, compute_s)
+        r.register(_ProcessWide())
+        self._window: collections.deque[tuple[float, float, float]] = collections.deque()  # (t, audio s, cpu s)
+        self._sum_audio = self._sum_compute = 0.0
 
     def answer(self, outcome: str) -> None:
         self._answers.labels(node=self._node, outcome=outcome).inc()
@@ -52,16 +55,20 @@ class EdgeMetrics:
         self._rejected.labels(node=self._node, code=code).inc()
 
     def processed(self, audio_s: float, compute_s: float) -> None:
-        """Account one decoded chunk, and keep the windowed real-time factor current."""
+        """Account one decoded chunk, and keep the windowed real-time factor current (O(1) amortized)."""
         self.audio_seconds.inc(audio_s)
         self.compute_seconds.inc(compute_s)
         now = time.monotonic()
-        self._window.append((now, audio_s, compute_s))
-        if len(self._window) > 64 and self._window[0][0] < now - 10.0:
-            self._window = [w for w in self._window if w[0] >= now - 10.0]
-        audio = sum(w[1] for w in self._window)
-        if audio > 0:
-            self.rtf.set(sum(w[2] for w in self._window) / audio)
+        w = self._window
+        w.append((now, audio_s, compute_s))
+        self._sum_audio += audio_s
+        self._sum_compute += compute_s
+        while w and w[0][0] < now - 10.0:
+            _, a, c = w.popleft()
+            self._sum_audio -= a
+            self._sum_compute -= c
+        if self._sum_audio > 1e-9:
+            self.rtf.set(max(0.0, self._sum_compute) / self._sum_audio)
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Start the HTTP exporter in a daemon thread; returns the bound port (0 picks one)."""
@@ -76,3 +83,13 @@ class EdgeMetrics:
         if http is not None:
             http.shutdown()
             http.server_close()
+
+
+class _ProcessWide:
+    """Re-exports the process-wide default registry (bus producer/consumer counters, process CPU and
+    memory) on the node's endpoint, without putting the node's own metrics there."""
+
+    def collect(self):
+        from prometheus_client import REGISTRY
+
+        yield from REGISTRY.collect()

@@ -112,6 +112,8 @@ def test_health_reflection_and_metrics(node):
         ch.close()
     assert "wakeline.v1.EdgeService" in services and "grpc.health.v1.Health" in services
     assert metric(node, "wakeline_edge_streams_open") >= 0
+    assert metric(node, "process_cpu_seconds_total") > 0  # process-wide metrics (bus, process) ride along
+    assert metric(node, "wakeline_edge_spool_depth") == 0
 
 
 def test_stream_decodes_any_rate_and_reports_enrollment(node):
