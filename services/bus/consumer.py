@@ -145,17 +145,22 @@ class _Consumer:
                     else:
                         await self._dispatch(entries, None)
                     backoff.reset()
-                except ResponseError as e:
-                    if "NOGROUP" not in str(e):
-                        raise
-                    log.warning("consumer group missing (Redis lost data?); recreating", extra={"group": self.group})
-                    await self._ensure_group()
                 except TRANSIENT_ERRORS as e:
                     log.warning("redis unreachable; retrying", extra={"error": str(e), "group": self.group})
                     await backoff.sleep()
+                except ResponseError as e:
+                    if "NOGROUP" in str(e):
+                        log.warning("consumer group missing (Redis lost data?); recreating",
+                                    extra={"group": self.group})
+                        await self._ensure_group()
+                        continue
+                    log.error("redis refused a command; retrying", extra={"error": str(e), "group": self.group})
+                    await backoff.sleep()
                 except Exception:
-                    # Keep consuming whatever went wrong with one batch; its messages stay pending.
+                    # Keep consuming whatever went wrong with one batch; its messages stay pending and
+                    # are claimed later. Leave the own-pending pass, which would hit the same entry again.
                     log.exception("consumer loop error; retrying", extra={"group": self.group})
+                    cursor = ">"
                     await backoff.sleep()
         except asyncio.CancelledError:
             for t in self._tasks:

@@ -398,3 +398,24 @@ def test_url_with_password_and_bad_credentials(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_restarted_consumer_resumes_its_own_pending_at_once(redis_url, tmp_path):
+    async def main():
+        bus = await open_bus(cfg(redis_url, tmp_path, visibility_timeout_s=60.0))
+        evs = [event(i) for i in range(5)]
+        await EventProducer(bus).publish_events(evs)
+        await bus.redis.xgroup_create(bus.keys.events, "llm", id="0")
+        # A previous life of consumer "w" read three messages and died before acking them.
+        await bus.redis.xreadgroup("llm", "w", {bus.keys.events: ">"}, count=3)
+        seen = []
+
+        async def handle(ev):
+            seen.append(ev.event_id)
+
+        cons = EventConsumer(bus, "llm", "w")
+        await consume_until(cons, handle, lambda: cons.handled == 5, timeout=5)  # far below the 60 s timeout
+        assert seen == [e.event_id for e in evs]
+        await bus.close()
+
+    asyncio.run(main())
