@@ -23,7 +23,7 @@ CHAT_TEMPLATE = (
 COMMON = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2,
               pad_token_id=0)
-ARCHS = ["llama", "qwen3", "mixtral", "olmoe", "qwen2_moe"]
+ARCHS = ["llama", "qwen3", "mixtral", "olmoe", "qwen2_moe", "qwen2", "qwen3_moe"]
 
 
 def hf_config(arch: str, vocab: int):
@@ -43,6 +43,11 @@ def hf_config(arch: str, vocab: int):
         return transformers.Qwen2MoeConfig(**c, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
                                            shared_expert_intermediate_size=48, decoder_sparse_step=1,
                                            mlp_only_layers=[1])
+    if arch == "qwen2":  # q/k/v bias
+        return transformers.Qwen2Config(**c, tie_word_embeddings=False)
+    if arch == "qwen3_moe":
+        return transformers.Qwen3MoeConfig(**c, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+                                           norm_topk_prob=True)
     raise ValueError(arch)
 
 
