@@ -63,3 +63,38 @@ def test_calibrate_cli_writes_versioned_file(tmp_path):
         from llm.parallel import comm
 
         comm.set_quantizer(None)
+
+
+def _serve_worker(rank: int, world: int, model_dir: str) -> list[str] | int:
+    from llm.engine import Engine
+    from llm.parallel import mirror
+    from llm.parallel.calibrate import load_tp_model
+    from llm.sampling import SamplingParams
+
+    model, tok = load_tp_model(model_dir, "cpu")
+    if rank:
+        return mirror.follow(model)
+    mirror.lead(model)
+    try:
+        eng = Engine(model, tok, max_batch_size=2, max_context=128, cuda_graphs=False,
+                     max_prefill_tokens_per_step=8)
+        return eng.generate(PROMPTS, SamplingParams(max_tokens=6))
+    finally:
+        mirror.stop(model)
+
+
+PROMPTS = ["turn the lights on", "what time is it? set a timer", "open the door"]
+
+
+def test_tp2_engine_rank0_leads_followers_mirror(tmp_path):
+    """The engine on rank 0 (continuous batching, chunked prefill) with a follower gives single-device text."""
+    from llm.engine import Engine
+    from llm.sampling import SamplingParams
+
+    d = tmp_path / "llama"
+    make_checkpoint("llama", d, seed=5)
+    ref = Engine.from_pretrained(str(d), max_batch_size=2, max_context=128, cuda_graphs=False,
+                                 max_prefill_tokens_per_step=8).generate(PROMPTS, SamplingParams(max_tokens=6))
+    texts, n_forwards = run_ranks(_serve_worker, 2, str(d))
+    assert any(ref) and texts == ref
+    assert n_forwards >= 6, "the follower ran every prefill chunk and decode step"
