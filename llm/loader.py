@@ -34,7 +34,7 @@ class CheckpointError(ValueError):
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """None -> bf16 on CUDA, fp32 elsewhere; strings like 'bf16', 'float16' are accepted."""
-    if dtype is None:
+    if dtype is None or dtype in ("auto", ""):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         if dtype not in (torch.bfloat16, torch.float16, torch.float32):
