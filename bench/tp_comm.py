@@ -17,6 +17,7 @@ import json
 import os
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -60,14 +61,52 @@ def fake_calibration(world: int, k_div: int = 64) -> Calibration:
     return Calibration({"bench": r}, tp=world)
 
 
+def plot(paths: list[str], png: str) -> None:
+    """Latency and speed-up vs message size, one panel pair per JSON (e.g. NVLink and no-P2P)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    fig, axes = plt.subplots(2, len(runs), figsize=(5.5 * len(runs), 7), squeeze=False)
+    for j, r in enumerate(runs):
+        mb = [row["bytes"] / 2**20 for row in r["rows"]]
+        ax = axes[0][j]
+        for key, label in (("nccl_bf16_s", "NCCL bf16 all-reduce"), ("one_shot_s", "quantized one-shot"),
+                           ("two_shot_s", "quantized two-shot"), ("allgather_payload_s", "all-gather of payload")):
+            ax.loglog(mb, [row[key] * 1e6 for row in r["rows"]], marker="o", ms=3, label=label)
+        ax.set_title(f"{r['tag']}: {r['world_size']} x {r['device']}")
+        ax.set_xlabel("message (MB, bf16)")
+        ax.set_ylabel("latency (us)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        ax = axes[1][j]
+        ax.semilogx(mb, [row["speedup_one_shot"] for row in r["rows"]], marker="o", ms=3, label="one-shot")
+        ax.semilogx(mb, [row["speedup_two_shot"] for row in r["rows"]], marker="o", ms=3, label="two-shot")
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xlabel("message (MB, bf16)")
+        ax.set_ylabel("speed-up vs NCCL bf16")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"quantized all-reduce ({runs[0]['bits_per_value']:.3f} bits/value incl. scales and outliers)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--plot", nargs="+", help="JSON files to plot into --png (no benchmark is run)")
+    ap.add_argument("--png", default="docs/tp_comm.png")
+    ap.add_argument("--out")
     ap.add_argument("--tag", default="nvlink")
     ap.add_argument("--device", default=None)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--max-mb", type=float, default=128)
     args = ap.parse_args()
+    if args.plot:
+        plot(args.plot, args.png)
+        return
     smoke = os.environ.get("SMOKE") == "1"
     st = init_tp(device=args.device)
     dev = st.device

@@ -18,6 +18,7 @@ import json
 import os
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -70,13 +71,43 @@ def build(shape: dict, dev: torch.device, dtype: torch.dtype) -> Transformer:
     return model.eval()
 
 
+def plot(paths: list[str], png: str) -> None:
+    """Prefill TTFT per prompt length and communication mode, one panel per JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), squeeze=False)
+    modes = ("nccl_bf16", "quant_one_shot", "quant_two_shot")
+    for ax, r in zip(axes[0], runs, strict=True):
+        lengths = list(r["prefill"])
+        for k, m in enumerate(modes):
+            ys = [r["prefill"][s][m]["ttft_s"] * 1e3 for s in lengths]
+            xs = [i + (k - 1) * 0.27 for i in range(len(lengths))]
+            bars = ax.bar(xs, ys, width=0.27, label=m)
+            ax.bar_label(bars, fmt="%.0f", fontsize=7)
+        ax.set_xticks(range(len(lengths)), [f"{s} tokens" for s in lengths])
+        ax.set_ylabel("prefill TTFT (ms)")
+        ax.set_title(f"{r['tag']}: TP={r['world_size']}, {r['shape']['n_layers']} layers x dim {r['shape']['dim']}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--plot", nargs="+", help="JSON files to plot into --png (no benchmark is run)")
+    ap.add_argument("--png", default="docs/tp_e2e.png")
+    ap.add_argument("--out")
     ap.add_argument("--tag", default="nvlink")
     ap.add_argument("--device", default=None)
     ap.add_argument("--prompts", default="2048,8192")
     args = ap.parse_args()
+    if args.plot:
+        plot(args.plot, args.png)
+        return
     smoke = os.environ.get("SMOKE") == "1"
     st = init_tp(device=args.device)
     dev, w = st.device, st.world_size
