@@ -1,7 +1,58 @@
-"""Subcommands of this area, registered into their group by services.cli."""
+"""`wakeline kws train | export`: train the keyword-spotting model and export it for the edge."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
+from services.cli.common import add_command
+
+
+def _train(args) -> int:
+    import torch
+
+    from kws.pipeline import build_corpus, run_variant
+    from kws.train import TrainConfig
+
+    cfg = TrainConfig.load(args.config)
+    out = Path(args.out or f"runs/kws/{cfg.name}")
+    corpus = Path(args.corpus or out / "corpus")
+    if not (corpus / "train.pkl").exists():
+        workers = args.workers or max(1, (os.cpu_count() or 2) - 1)
+        print(json.dumps(build_corpus(corpus, args.train_examples, args.dev_examples, args.dev_examples,
+                                      args.kw_reps, workers, seed=cfg.seed)))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    metrics = run_variant(cfg, corpus, out, device)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "config"}, indent=1))
+    print(f"model -> {out / 'model'}; checkpoint -> {out / 'ckpt.pt'}")
+    return 0
+
+
+def _export(args) -> int:
+    from kws.export import export_model, load_checkpoint
+
+    model, matcher, emb, logp, cfg = load_checkpoint(args.ckpt)
+    out = export_model(model, matcher, emb, logp, args.out, w_sim=cfg["w_sim"], w_ctc=cfg["w_ctc"],
+                       use_matcher=cfg["use_matcher"], default_threshold=args.threshold,
+                       extra={"name": cfg["name"], "ckpt": str(args.ckpt)}, int8=args.int8)
+    print(f"exported -> {out}")
+    return 0
+
 
 def register(grp) -> None:
-    """No commands yet: each is added here once it works."""
+    """Add `train` and `export` to the `kws` group."""
+    p = add_command(grp, "train", "Train the KWS model (corpus synthesized first if missing); resumable", _train)
+    p.add_argument("--config", required=True, help="TrainConfig JSON (see kws/train.py, scripts/gpu/kws/)")
+    p.add_argument("--out", default=None, help="run directory (default runs/kws/<name>)")
+    p.add_argument("--corpus", default=None, help="corpus directory (default <out>/corpus)")
+    p.add_argument("--train-examples", type=int, default=3000)
+    p.add_argument("--dev-examples", type=int, default=200)
+    p.add_argument("--kw-reps", type=int, default=5)
+    p.add_argument("--workers", type=int, default=0, help="synthesis processes (0: cores - 1)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p = add_command(grp, "export", "Export a checkpoint to an edge model directory (ONNX + tables)", _export)
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--threshold", type=float, default=0.5, help="default keyword threshold (model card)")
+    p.add_argument("--int8", action="store_true", help="also write encoder.int8.onnx")
