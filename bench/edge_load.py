@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -35,13 +36,16 @@ from services.edge.testing import EdgeProcess, utterance_track  # noqa: E402
 SCRIPT = [0.6, "please turn the lights on", 1.2, "lights on", 0.9, "can you stop music now", 1.0, "stop music", 1.1]
 
 
-def scrape(port: int) -> dict[str, float]:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out = {}
-    for line in body.splitlines():
-        if line.startswith("wakeline_edge_"):
-            k, v = line.rsplit(" ", 1)
-            out[k] = float(v)
+def scrape(port: int, processes: int = 1) -> dict[str, float]:
+    """Edge metrics summed over the node's processes (metrics ports port..port+processes-1)."""
+    out: dict[str, float] = {}
+    for i in range(processes):
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port + i}/metrics", timeout=5).read().decode()
+        for line in body.splitlines():
+            if line.startswith("wakeline_edge_"):
+                k, v = line.rsplit(" ", 1)
+                k = re.sub(r'node="[^"]*",?', "", k).replace(",}", "}").replace("{}", "")
+                out[k] = out.get(k, 0.0) + float(v)
     return out
 
 
@@ -63,12 +67,14 @@ def hist_quantile(before: dict, after: dict, name: str, q: float) -> float | Non
 
 
 def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of `pid` and its live children (the embedded Redis), from /proc."""
+    """CPU seconds (user + system) of `pid` and all its live descendants (node processes, Redis)."""
     tick = os.sysconf("SC_CLK_TCK")
-    pids, total = [pid], 0.0
-    with contextlib.suppress(OSError):
-        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    for p in pids:
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
@@ -99,10 +105,17 @@ async def one_stream(target: str, dev: str, audio: DeviceAudio, keywords, delay:
     return {"ok": ok, "send_lag_s": send_lag, "drain_s": drain, "detections": dets, "latencies": lat, "error": error}
 
 
-async def level(node: EdgeProcess, n: int, audio: DeviceAudio, keywords, seconds: float) -> dict:
+class RunningNode:
+    """A node started elsewhere (--target): node id must be edge-bench for the metric names."""
+
+    def __init__(self, target: str, metrics_port: int, pid: int, processes: int = 1) -> None:
+        self.target, self.metrics_port, self.pid, self.processes = target, metrics_port, pid, processes
+
+
+async def level(node, n: int, audio: DeviceAudio, keywords, seconds: float) -> dict:
     rng = np.random.default_rng(n)
-    channels = [open_channel(node.target) for _ in range(max(1, n // 10))]
-    before, cpu0, t0 = scrape(node.metrics_port), proc_cpu(node.proc.pid), time.perf_counter()
+    channels = [open_channel(node.target) for _ in range(n)]  # one connection per device, as in the field
+    before, cpu0, t0 = scrape(node.metrics_port, node.processes), proc_cpu(node.pid), time.perf_counter()
     me0 = time.process_time()
     tasks = []
     for i in range(n):
@@ -112,13 +125,12 @@ async def level(node: EdgeProcess, n: int, audio: DeviceAudio, keywords, seconds
                                 channels[i % len(channels)]))
     res = await asyncio.gather(*tasks)
     wall = time.perf_counter() - t0
-    cpu, me = proc_cpu(node.proc.pid) - cpu0, time.process_time() - me0
-    after = scrape(node.metrics_port)
+    cpu, me = proc_cpu(node.pid) - cpu0, time.process_time() - me0
+    after = scrape(node.metrics_port, node.processes)
     for ch in channels:
         await ch.close()
     lat = np.array([x for r in res for x in r["latencies"]])
-    audio_s = after['wakeline_edge_audio_seconds_total{node="edge-bench"}'] - before.get(
-        'wakeline_edge_audio_seconds_total{node="edge-bench"}', 0.0)
+    audio_s = after["wakeline_edge_audio_seconds_total"] - before.get("wakeline_edge_audio_seconds_total", 0.0)
     return {
         "streams": n, "sustained": sum(r["ok"] for r in res), "wall_s": wall, "audio_s": audio_s,
         "node_cpu_s": cpu, "node_cores": cpu / wall, "cpu_ms_per_audio_s": 1000 * cpu / max(audio_s, 1e-9),
@@ -145,13 +157,19 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="audio per stream per level")
     ap.add_argument("--model-dir", default=None, help="default: models/kws/default, else an untrained full-size export")
     ap.add_argument("--threads", type=int, default=2, help="node worker threads (WAKELINE_EDGE_NUM_THREADS)")
+    ap.add_argument("--processes", type=int, default=1, help="node processes on the port (WAKELINE_EDGE_PROCESSES)")
     ap.add_argument("--out", default="runs/edge/load.json")
+    ap.add_argument("--target", default=None, help="use a running node (node id edge-bench) instead of starting one")
+    ap.add_argument("--metrics-port", type=int, default=9464, help="with --target: its metrics port")
+    ap.add_argument("--pid", type=int, default=None, help="with --target: its pid, for CPU accounting")
     a = ap.parse_args()
 
     model_dir, model = a.model_dir, "given"
-    if model_dir is None and (REPO / "models/kws/default/encoder.onnx").exists():
+    if a.target:
+        model = a.model_dir or "untrained"  # say which model the running node has with --model-dir
+    elif model_dir is None and (REPO / "models/kws/default/encoder.onnx").exists():
         model_dir, model = str(REPO / "models/kws/default"), "models/kws/default"
-    if model_dir is None:
+    if model_dir is None and not a.target:
         from kws.export import export_untrained
 
         model_dir, model = str(export_untrained(tempfile.mkdtemp(prefix="edge-bench-"), small=False)), "untrained"
@@ -161,10 +179,14 @@ def main() -> int:
 
     samples, _ = utterance_track(SCRIPT * 4)
     audio = DeviceAudio(np.tile(samples, int(np.ceil((a.seconds + 5) * 16000 / samples.size)) + 1), 16000)
-    node = EdgeProcess(model_dir, None, node_id="edge-bench", env={
-        "WAKELINE_EDGE_MAX_STREAMS": "2000", "WAKELINE_EDGE_NUM_THREADS": str(a.threads),
-        "WAKELINE_LOG_LEVEL": "warning"})
-    node.start()
+    if a.target:
+        node = RunningNode(a.target, a.metrics_port, a.pid, a.processes)
+    else:
+        node = EdgeProcess(model_dir, None, node_id="edge-bench", env={
+            "WAKELINE_EDGE_MAX_STREAMS": "2000", "WAKELINE_EDGE_NUM_THREADS": str(a.threads),
+            "WAKELINE_EDGE_PROCESSES": str(a.processes)})
+        node.start()
+        node.pid = node.proc.pid
     rows = []
     try:
         for n in [int(x) for x in a.streams.split(",")]:
@@ -174,9 +196,11 @@ def main() -> int:
             rows.append(r)
             _print_row(r)
     finally:
-        node.terminate()
-        node.cleanup()
+        if not a.target:
+            node.terminate()
+            node.cleanup()
     out = {"bench": "edge_load", "model": model, "seconds_per_stream": a.seconds, "threads": a.threads,
+           "processes": a.processes,
            "cpus": os.cpu_count(), "keywords": [str(k) for k in keywords], "levels": rows,
            "max_sustained": max((r["streams"] for r in rows if r["sustained"] == r["streams"]), default=0)}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ _FLAGS = {
     "host": str, "port": int, "model_dir": str, "node_id": str, "bus_url": str, "spool_dir": str,
     "max_streams": int, "max_chunk_bytes": int, "max_keywords": int, "max_message_bytes": int,
     "num_threads": int, "ort_threads": int, "auth_tokens_file": str, "tls_cert": str, "tls_key": str,
-    "metrics_port": int, "grace_s": float, "threshold_mode": str,
+    "metrics_port": int, "grace_s": float, "threshold_mode": str, "processes": int,
 }
 
 
@@ -33,5 +33,9 @@ def _serve(args) -> int:
     if args.no_metrics:
         overrides["metrics_port"] = None
     settings = EdgeSettings(**overrides)
+    if settings.processes > 1:
+        from services.edge.supervisor import serve_processes
+
+        return serve_processes(settings)
     asyncio.run(EdgeNode(settings).run())
     return 0

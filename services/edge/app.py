@@ -126,7 +126,7 @@ class EdgeNode:
         s = self.settings
         options = [("grpc.max_receive_message_length", s.max_message_bytes),
                    ("grpc.max_send_message_length", s.max_message_bytes),
-                   ("grpc.so_reuseport", 0),
+                   ("grpc.so_reuseport", 1 if s.reuse_port else 0),
                    ("grpc.keepalive_time_ms", 30_000),
                    ("grpc.http2.min_ping_interval_without_data_ms", 10_000)]
         interceptors = [AuthInterceptor(self.tokens, self.metrics.rejected)] if self.tokens.enabled else []

@@ -30,6 +30,12 @@ class EdgeSettings(BaseSettings):
     max_chunk_bytes: int = Field(64 * 1024, ge=64)
     max_keywords: int = Field(32, ge=1)
     max_message_bytes: int = Field(1024 * 1024, ge=1024)
+    # Worker processes sharing the port (SO_REUSEPORT), each its own node `<node_id>-<i>` with its own
+    # metrics port (metrics_port + i): the spotter's Python work holds the GIL, so this is how a node
+    # uses more than one core. Devices keep one connection per stream, so a stream and its enrollment
+    # RPCs land on the same process.
+    processes: int = Field(1, ge=1)
+    reuse_port: bool = False
     num_threads: int = Field(2, ge=1)  # worker threads running the Spotter off the event loop
     ort_threads: int = Field(1, ge=1)  # onnxruntime intra-op threads per session
     # Threshold of a keyword enrolled without one: "auto" (calibrated per keyword against generated

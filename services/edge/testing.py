@@ -65,6 +65,7 @@ class EdgeProcess:
         self.proc: subprocess.Popen | None = None
         self.log_path = self.dir / "edge.log"
         self.root_cert: bytes | None = None
+        self.processes = int(self.env.get("WAKELINE_EDGE_PROCESSES", 1))
 
     @property
     def target(self) -> str:
@@ -103,7 +104,8 @@ class EdgeProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"edge node exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if health_status(self.target, timeout=0.5, root_cert=self.root_cert) == "SERVING":
+            if (health_status(self.target, timeout=0.5, root_cert=self.root_cert) == "SERVING"
+                    and self.log_tail(1 << 20).count("edge node serving") >= self.processes):
                 return self
             time.sleep(0.1)
         self.kill()

@@ -95,3 +95,29 @@ def test_sigterm_drains(node_and_redis):
     assert node.proc.wait(timeout=20) == 0
     assert health_status(node.target) is None
     assert "edge node stopped" in node.log_tail()
+
+
+def test_processes_share_the_port(edge_model_dir, tmp_path):  # noqa: F811
+    r = RedisProcess().start()
+    p = EdgeProcess(edge_model_dir, r.url, node_id="edge-mp", env={"WAKELINE_EDGE_PROCESSES": "2",
+                                                                  "WAKELINE_EDGE_GRACE_S": "1"})
+    try:
+        p.start()
+
+        async def nodes_seen():
+            seen = set()
+            for i in range(24):  # fresh connections from fresh source ports spread over the processes
+                async for resp in stream_device(open_channel(p.target), f"dev-{i}", ["lights on"],
+                                                DeviceAudio(speechlike(0.2), 16000), realtime=False):
+                    if resp.kind == "started":
+                        seen.add(resp.response.started.edge_node)
+                if len(seen) == 2:
+                    break
+            return seen
+
+        assert asyncio.run(asyncio.wait_for(nodes_seen(), 60)) == {"edge-mp-0", "edge-mp-1"}
+        assert p.terminate() == 0
+        assert p.log_tail(1 << 20).count("edge node stopped") == 2
+    finally:
+        p.cleanup()
+        r.kill()
