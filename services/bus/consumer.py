@@ -115,7 +115,8 @@ class _Consumer:
         self._handler = handler
         committer = asyncio.create_task(self._commit_loop(), name=f"bus-{self.kind}-commit")
         backoff = Backoff()
-        cursor = "0"  # first our own pending messages from a previous life, then new ones
+        cursor = "0"  # first our own pending messages from a previous life, then new ones (">")
+        history = True
         last_claim = 0.0
         claim_every = max(0.05, self.cfg.visibility_timeout_s / 2)
         try:
@@ -134,11 +135,11 @@ class _Consumer:
                             continue
                     resp = await self.bus.redis.xreadgroup(
                         self.group, self.consumer, {self.stream: cursor}, count=free,
-                        block=None if cursor == "0" else min(self.cfg.block_ms, int(claim_every * 1000)))
+                        block=None if history else min(self.cfg.block_ms, int(claim_every * 1000)))
                     entries = resp[0][1] if resp else []
-                    if cursor == "0":
+                    if history:
                         if not entries:
-                            cursor = ">"
+                            cursor, history = ">", False
                             continue
                         cursor = entries[-1][0]
                         await self._dispatch(entries, await self._delivery_counts(entries))
@@ -160,7 +161,7 @@ class _Consumer:
                     # Keep consuming whatever went wrong with one batch; its messages stay pending and
                     # are claimed later. Leave the own-pending pass, which would hit the same entry again.
                     log.exception("consumer loop error; retrying", extra={"group": self.group})
-                    cursor = ">"
+                    cursor, history = ">", False
                     await backoff.sleep()
         except asyncio.CancelledError:
             for t in self._tasks:

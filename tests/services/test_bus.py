@@ -51,7 +51,9 @@ async def consume_until(cons, handler, cond, timeout: float = 10.0) -> None:
     while not cond():
         if task.done():
             await task
-        assert loop.time() < deadline, "condition not reached in time"
+        if loop.time() > deadline:
+            task.cancel()
+            raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.02)
     cons.stop()
     await asyncio.wait_for(task, 10)
