@@ -46,9 +46,8 @@ def dequant_sum_ref(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor,
 if triton is not None:
 
     @triton.jit
-    def _dequant_sum_kernel(buf_ptr, scales_ptr, outl_ptr, mask_ptr, idx_ptr, out_ptr,
-                            W, RANK_BYTES, H, PB, NG, K, OFF_S, OFF_O, stride_out,
-                            GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr):
+    def _dequant_sum_kernel(buf_ptr, scales_ptr, out_ptr, W, RANK_BYTES, H, PB, NG, OFF_S, stride_out,
+                            GROUP: tl.constexpr, BLOCK_G: tl.constexpr):
         row = tl.program_id(0)
         pid_g = tl.program_id(1)
         half: tl.constexpr = GROUP // 2
@@ -58,7 +57,7 @@ if triton is not None:
         mg = g < NG
         acc_lo = tl.zeros([BLOCK_G, half], dtype=tl.float32)
         acc_hi = tl.zeros([BLOCK_G, half], dtype=tl.float32)
-        # scales/outliers pointers are fp16/bf16 views of the same buffer: offsets in 2-byte units
+        # scales_ptr is an fp16 view of the same buffer: offsets in 2-byte units
         rank_half = RANK_BYTES // 2
         for r in range(0, W):
             b = tl.load(buf_ptr + r * RANK_BYTES + row * PB + byte, mask=mb, other=136).to(tl.int32)
@@ -68,39 +67,51 @@ if triton is not None:
             acc_hi += ((b >> 4) - 8).to(tl.float32) * scf
         acc = tl.reshape(tl.join(acc_lo, acc_hi), [BLOCK_G, GROUP])    # interleave back to channels
         ch = g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
-        m = (ch < H) & (g[:, None] < NG)
-        # outlier channels are written by the pid_g == 0 program below, never here (no race)
-        is_out = tl.load(mask_ptr + ch, mask=m, other=1)
-        tl.store(out_ptr + row * stride_out + ch, acc.to(out_ptr.dtype.element_ty), mask=m & (is_out == 0))
-        if pid_g == 0:
-            kk = tl.arange(0, BLOCK_K)
-            for k0 in range(0, K, BLOCK_K):
-                mk = (k0 + kk) < K
-                s = tl.zeros([BLOCK_K], dtype=tl.float32)
-                for r in range(0, W):
-                    v = tl.load(outl_ptr + r * rank_half + OFF_O // 2 + row * K + k0 + kk, mask=mk, other=0.0)
-                    s += v.to(tl.float32)
-                idx = tl.load(idx_ptr + k0 + kk, mask=mk, other=0)
-                tl.store(out_ptr + row * stride_out + idx, s.to(out_ptr.dtype.element_ty), mask=mk)
+        # outlier channels hold code 8 (= 0.0) here; _outlier_sum_kernel overwrites them afterwards
+        # (stream order), which keeps this store free of data-dependent masks (vectorized)
+        tl.store(out_ptr + row * stride_out + ch, acc.to(out_ptr.dtype.element_ty),
+                 mask=(ch < H) & (g[:, None] < NG))
+
+    @triton.jit
+    def _outlier_sum_kernel(outl_ptr, idx_ptr, out_ptr, W, RANK_BYTES, N, K, OFF_O, stride_out,
+                            BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        kk = tl.arange(0, BLOCK_K)
+        rank_half = RANK_BYTES // 2
+        for k0 in range(0, K, BLOCK_K):
+            mk = (k0 + kk) < K
+            m = (rows[:, None] < N) & mk[None, :]
+            s = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)
+            for r in range(0, W):
+                v = tl.load(outl_ptr + r * rank_half + OFF_O // 2 + rows[:, None] * K + k0 + kk[None, :],
+                            mask=m, other=0.0)
+                s += v.to(tl.float32)
+            idx = tl.load(idx_ptr + k0 + kk, mask=mk, other=0)
+            tl.store(out_ptr + rows[:, None] * stride_out + idx[None, :], s.to(out_ptr.dtype.element_ty), mask=m)
 
 
-def dequant_sum(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor, outlier_mask: torch.Tensor,
+def dequant_sum(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor, outlier_mask: torch.Tensor | None = None,
                 out_dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None,
                 block_g: int = 4) -> torch.Tensor:
-    """Triton launcher: same result as `dequant_sum_ref`; bufs is [W, lay.total] uint8, contiguous."""
+    """Triton launchers (groups, then outlier channels): same result as `dequant_sum_ref`.
+
+    bufs is [W, lay.total] uint8, contiguous; outlier_mask is unused (kept for a uniform signature).
+    """
     if triton is None:
         raise RuntimeError("triton is not installed; use dequant_sum_ref")
     w = bufs.shape[0]
     if out is None:
         out = torch.empty(lay.rows, lay.hidden, dtype=out_dtype, device=bufs.device)
     flat = bufs.reshape(-1)
-    half = flat.view(torch.float16)
-    bhalf = flat.view(torch.bfloat16)
-    k = lay.n_outliers
-    block_k = max(16, min(256, triton.next_power_of_2(max(k, 1))))
     grid = (lay.rows, triton.cdiv(lay.n_groups, block_g))
-    _dequant_sum_kernel[grid](flat, half, bhalf, outlier_mask, outlier_idx, out,
-                              w, lay.total, lay.hidden, lay.packed_bytes, lay.n_groups, k,
-                              lay.off_scales, lay.off_outliers, out.stride(0),
-                              GROUP=lay.group, BLOCK_G=block_g, BLOCK_K=block_k)
+    _dequant_sum_kernel[grid](flat, flat.view(torch.float16), out, w, lay.total, lay.hidden,
+                              lay.packed_bytes, lay.n_groups, lay.off_scales, out.stride(0),
+                              GROUP=lay.group, BLOCK_G=block_g)
+    k = lay.n_outliers
+    if k:
+        block_k = max(16, min(128, triton.next_power_of_2(k)))
+        block_r = 16
+        _outlier_sum_kernel[(triton.cdiv(lay.rows, block_r),)](
+            flat.view(torch.bfloat16), outlier_idx, out, w, lay.total, lay.rows, k, lay.off_outliers,
+            out.stride(0), BLOCK_R=block_r, BLOCK_K=block_k)
     return out

@@ -15,6 +15,7 @@ fixed by calibration and never travel.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,9 @@ except ImportError:  # CPU-only installs: the torch reference is the only path
     tl = None
 
 QMAX = 7
+# scale = absmax * (1/7) and code = x * (1/scale): two IEEE ops that Triton and torch (CPU and CUDA)
+# round identically; torch on CUDA turns a division by a scalar into a multiplication anyway
+INV_QMAX = float(torch.tensor(1.0 / QMAX, dtype=torch.float32))
 _ALIGN = 16
 
 
@@ -55,6 +59,7 @@ def _align(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
+@functools.lru_cache(maxsize=4096)
 def layout(rows: int, hidden: int, group: int, n_outliers: int) -> Layout:
     """The wire layout of an [rows, hidden] message with `n_outliers` bf16 channels."""
     if group % 2 or group <= 0:
@@ -94,10 +99,11 @@ def quantize_pack_ref(x: torch.Tensor, outlier_idx: torch.Tensor, group: int,
     pad = lay.n_groups * group - h
     xg = torch.nn.functional.pad(xf, (0, pad)).view(n, lay.n_groups, group)
     absmax = xg.abs().amax(dim=-1)
-    sc = (absmax / QMAX).clamp(max=65504.0).to(torch.float16)
+    sc = (absmax * INV_QMAX).clamp(max=65504.0).to(torch.float16)
     scales.copy_(sc)
     scf = sc.float().unsqueeze(-1)
-    q = torch.where(scf > 0, xg / torch.where(scf > 0, scf, 1.0), 0.0)
+    inv = torch.where(scf > 0, torch.reciprocal(torch.where(scf > 0, scf, 1.0)), 0.0)
+    q = xg * inv
     q = torch.floor(q + 0.5).clamp(-QMAX, QMAX).to(torch.int32) + 8
     # G is even, so the padded groups always cover 2*PB channels; past H they hold code 8 (= 0.0)
     q = q.view(n, -1)[:, : 2 * lay.packed_bytes]
@@ -108,9 +114,10 @@ def quantize_pack_ref(x: torch.Tensor, outlier_idx: torch.Tensor, group: int,
 if triton is not None:
 
     @triton.jit
-    def _quantize_pack_kernel(x_ptr, mask_ptr, idx_ptr, packed_ptr, scales_ptr, outl_ptr,
-                              H, stride_x, PB, NG, K,
+    def _quantize_pack_kernel(x_ptr, mask_ptr, idx_ptr, buf_ptr, half_ptr, bhalf_ptr,
+                              H, stride_x, PB, NG, K, OFF_S2, OFF_O2, INV_Q,
                               GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr):
+        # buf_ptr / half_ptr / bhalf_ptr: the same message as uint8 / fp16 / bf16; OFF_*2 in 2-byte units
         row = tl.program_id(0)
         pid_g = tl.program_id(1)
         half: tl.constexpr = GROUP // 2
@@ -121,16 +128,16 @@ if triton is not None:
         is_out = tl.load(mask_ptr + ch, mask=m, other=0)
         x = tl.where(is_out != 0, 0.0, x)
         absmax = tl.max(tl.abs(x), axis=1)
-        # IEEE division (div_rn), not Triton's default approximate one: codes must match the reference
-        sc = tl.minimum(tl.math.div_rn(absmax, 7.0), 65504.0).to(tl.float16)
-        tl.store(scales_ptr + row * NG + g, sc, mask=g < NG)
-        scf = sc.to(tl.float32)[:, None]
-        q = tl.where(scf > 0, tl.math.div_rn(x, tl.where(scf > 0, scf, 1.0)), 0.0)
+        sc = tl.minimum(absmax * INV_Q, 65504.0).to(tl.float16)
+        tl.store(half_ptr + OFF_S2 + row * NG + g, sc, mask=g < NG)
+        scf = sc.to(tl.float32)
+        inv = tl.where(scf > 0, tl.math.div_rn(1.0, tl.where(scf > 0, scf, 1.0)), 0.0)  # once per group
+        q = x * inv[:, None]
         q = tl.minimum(tl.maximum(tl.floor(q + 0.5), -7.0), 7.0).to(tl.int32) + 8
         # even channel -> low nibble, odd channel -> high nibble; contiguous loads and stores
         lo, hi = tl.split(tl.reshape(q, [BLOCK_G, half, 2]))
         byte = g[:, None] * half + tl.arange(0, half)[None, :]
-        tl.store(packed_ptr + row * PB + byte, (lo | (hi << 4)).to(tl.uint8),
+        tl.store(buf_ptr + row * PB + byte, (lo | (hi << 4)).to(tl.uint8),
                  mask=(byte < PB) & (g[:, None] < NG))
         if pid_g == 0:
             kk = tl.arange(0, BLOCK_K)
@@ -138,7 +145,7 @@ if triton is not None:
                 mk = (k0 + kk) < K
                 idx = tl.load(idx_ptr + k0 + kk, mask=mk, other=0)
                 v = tl.load(x_ptr + row * stride_x + idx, mask=mk, other=0.0)
-                tl.store(outl_ptr + row * K + k0 + kk, v.to(tl.bfloat16), mask=mk)
+                tl.store(bhalf_ptr + OFF_O2 + row * K + k0 + kk, v.to(tl.bfloat16), mask=mk)
 
 
 def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, outlier_mask: torch.Tensor, group: int,
@@ -154,10 +161,10 @@ def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, outlier_mask: torc
     k = outlier_idx.numel()
     lay = layout(n, h, group, k)
     buf = torch.empty(lay.total, dtype=torch.uint8, device=x.device) if out is None else out
-    packed, scales, outl = views(buf, lay)
     block_k = max(16, min(256, triton.next_power_of_2(max(k, 1))))
     grid = (n, triton.cdiv(lay.n_groups, block_g))
-    _quantize_pack_kernel[grid](x, outlier_mask, outlier_idx, packed, scales, outl,
-                                h, x.stride(0), lay.packed_bytes, lay.n_groups, k,
+    _quantize_pack_kernel[grid](x, outlier_mask, outlier_idx, buf, buf.view(torch.float16),
+                                buf.view(torch.bfloat16), h, x.stride(0), lay.packed_bytes, lay.n_groups, k,
+                                lay.off_scales // 2, lay.off_outliers // 2, INV_QMAX,
                                 GROUP=group, BLOCK_G=block_g, BLOCK_K=block_k)
     return buf

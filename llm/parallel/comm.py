@@ -62,7 +62,7 @@ def all_reduce(x: torch.Tensor, site: str = "") -> torch.Tensor:
         return x
     nbytes = x.numel() * x.element_size()
     q = _quant
-    if q is not None and nbytes >= q.cfg.min_bytes:
+    if q is not None and nbytes >= q.min_bytes(x.device):
         stats["quant_calls"] += 1
         stats["quant_bytes"] += nbytes
         return q(x, site)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -30,9 +31,25 @@ log = logging.getLogger(__name__)
 
 _gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 CALIB_VERSION = 1
-# Messages below this many bytes take plain all-reduce: there the collective is latency-bound and
-# quantizing only adds kernel time. Measured on 2 x H200 (NVLink) by bench/tp_comm.py; see docs/tp.md.
-DEFAULT_MIN_BYTES = 1 << 20
+# The size gate: messages below this many bytes take plain NCCL all-reduce. Measured by bench/tp_comm.py
+# on 2 x H200 (docs/tp.md, run 1): over NVLink (NCCL peer-to-peer) the quantized path never beat NCCL
+# bf16 (0.78x at 128 MB), so there it stays off; with NCCL_P2P_DISABLE=1 (PCIe-like, and what
+# multi-node TP sees) it won from 4 MB up (1.08x at 4 MB, 1.8x at 32 MB, 2.5x at 128 MB).
+GATE_NVLINK: int | None = None     # None: never quantize
+GATE_NO_P2P: int = 4 << 20
+_NEVER = 1 << 62
+
+
+def default_min_bytes(device: torch.device) -> int:
+    """The measured gate for this machine's path between ranks (see GATE_* above)."""
+    if device.type != "cuda":
+        return GATE_NO_P2P
+    multi_node = int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0) < int(os.environ.get("WORLD_SIZE", "0") or 0)
+    p2p = (os.environ.get("NCCL_P2P_DISABLE", "0") != "1" and not multi_node
+           and torch.cuda.device_count() > 1 and torch.cuda.can_device_access_peer(0, 1))
+    if p2p:
+        return _NEVER if GATE_NVLINK is None else GATE_NVLINK
+    return GATE_NO_P2P
 
 
 @dataclass
@@ -42,9 +59,9 @@ class QuantCommConfig:
     group_size: int = 128
     outlier_div: int = 64          # k = hidden // outlier_div outlier channels; 0 = naive int4
     mode: str = "one_shot"         # or "two_shot"
-    min_bytes: int = DEFAULT_MIN_BYTES
+    min_bytes: int | None = None   # None: default_min_bytes() of the device (measured)
     use_triton: bool | None = None  # None: Triton kernels on CUDA, torch reference elsewhere
-    block_g: int = 4               # groups per Triton program (bench/tp_comm.py picks the fastest)
+    block_g: int = 16              # groups per Triton program: fastest at 32 MB on H200 (bench/tp_comm.py)
 
     def __post_init__(self) -> None:
         if self.mode not in ("one_shot", "two_shot"):
@@ -118,16 +135,20 @@ class RangeRecorder:
 
     def gather(self, group=None) -> dict[str, torch.Tensor]:
         """Stack every rank's ranges into [W, H] per site (collective: call on all ranks)."""
+        from llm.parallel.state import get_tp
+
         w = dist.get_world_size(group) if dist.is_initialized() else 1
+        dev = get_tp().device  # NCCL gathers device tensors only
         out = {}
         for site in sorted(self.ranges):
             r = self.ranges[site]
             if w == 1:
                 out[site] = r[None]
                 continue
+            r = r.to(dev)
             parts = [torch.empty_like(r) for _ in range(w)]
             dist.all_gather(parts, r, group=group)
-            out[site] = torch.stack(parts)
+            out[site] = torch.stack(parts).cpu()
         return out
 
 
@@ -149,6 +170,14 @@ class QuantAllReduce:
         self.calib = calib
         self.group = group
         self._sites: dict[tuple[str, int, str], _Site] = {}
+        self._min_bytes = cfg.min_bytes
+
+    def min_bytes(self, device: torch.device) -> int:
+        """Messages of at least this many bytes take the low-bit path."""
+        if self._min_bytes is None:
+            self._min_bytes = default_min_bytes(device)
+            log.info("quantized all-reduce size gate: %d bytes", self._min_bytes)
+        return self._min_bytes
 
     def _site(self, site: str, hidden: int, device: torch.device) -> _Site:
         key = (site, hidden, str(device))

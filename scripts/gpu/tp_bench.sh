@@ -17,8 +17,11 @@ DEV=cuda
 NPROC=2
 if [ "${SMOKE:-0}" = "1" ]; then DEV=cpu; fi
 
-step() {  # step NAME TIMEOUT CMD...: run if enough of the budget is left; never abort the script
+STEPS=${STEPS:-all}  # e.g. STEPS="kernel_tests comm_nvlink" runs only those
+
+step() {  # step NAME TIMEOUT CMD...: run if selected and enough of the budget is left; never abort
   local name=$1 limit=$2; shift 2
+  if [ "$STEPS" != all ] && [[ " $STEPS " != *" $name "* ]]; then echo "== not selected: $name"; return; fi
   local left=$((BUDGET - SECONDS))
   if [ "$left" -lt 30 ]; then echo "== SKIP $name (only ${left}s left)"; return; fi
   [ "$limit" -gt "$left" ] && limit=$left
