@@ -155,8 +155,9 @@ def hf_ttft(hf, plen: int, vocab: int, reps: int) -> float:
     return statistics.median(hf_generate(hf, rand_prompts(1, plen, vocab, 10 + r), 1)[0] for r in range(reps + 1))
 
 
-def bench_model(path: Path, a, device: torch.device, bw: float) -> dict:
-    res: dict = {"path": str(path)}
+def bench_model(path: Path, a, device: torch.device, bw: float, res: dict, save) -> None:
+    """Fill `res` with our and transformers' numbers for one checkpoint, saving after each phase."""
+    res["path"] = str(path)
     limit = json.loads((path / "config.json").read_text()).get("max_position_embeddings", 4096)
     plens = [p for p in a.prompt_lens if p + 8 <= limit]
     max_ctx = min(limit, max([*plens, a.decode_prompt_len]) + a.gen + 16)
@@ -172,11 +173,13 @@ def bench_model(path: Path, a, device: torch.device, bw: float) -> dict:
     res["bound_tok_s_b1"] = round(bw / wbytes, 1)
     vocab = model.args.vocab_size
     res["ttft_ms"] = {p: round(ours_ttft(eng, p, a.reps) * 1e3, 2) for p in plens}
+    save()
     res["decode_tok_s"] = {b: round(ours_decode(eng, b, a.gen, a.decode_prompt_len), 1) for b in a.batches}
     graphs, eng.graphs = eng.graphs, None
     res["decode_tok_s_eager_b1"] = round(ours_decode(eng, 1, a.gen, a.decode_prompt_len), 1)
     eng.graphs = graphs
     res["pct_of_bound_b1"] = round(100 * res["decode_tok_s"][a.batches[0]] / res["bound_tok_s_b1"], 1)
+    save()
     ids = rand_prompts(1, a.decode_prompt_len, vocab, 3)
     ours_tokens = eng.generate_ids(ids, SamplingParams(max_tokens=32, ignore_eos=True))[0]
     if a.hf:
@@ -195,14 +198,31 @@ def bench_model(path: Path, a, device: torch.device, bw: float) -> dict:
     del eng, model
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return res
+
+
+def bench_compiled(path: Path, a, device: torch.device, res: dict) -> None:
+    """Decode tok/s with the captured step compiled by torch.compile (and the compile time)."""
+    eng = Engine.from_pretrained(path, device=str(device), dtype=a.dtype, max_batch_size=max(a.batches),
+                                 max_context=a.decode_prompt_len + a.gen + 16, compile=True, detokenize=False)
+    res["decode_tok_s_compiled"], res["compile_s"] = {}, {}
+    for b in a.batches:
+        t = time.perf_counter()
+        eng.generate_ids(rand_prompts(b, a.decode_prompt_len, eng.model.args.vocab_size, 5),
+                         SamplingParams(max_tokens=2, ignore_eos=True))
+        res["compile_s"][b] = round(time.perf_counter() - t, 1)
+        res["decode_tok_s_compiled"][b] = round(ours_decode(eng, b, a.gen, a.decode_prompt_len), 1)
+    b1 = a.batches[0]
+    res["pct_of_bound_b1_compiled"] = round(100 * res["decode_tok_s_compiled"][b1] / res["bound_tok_s_b1"], 1)
+    if "hf_decode_tok_s" in res:
+        res["decode_speedup_compiled"] = {b: round(res["decode_tok_s_compiled"][b] / res["hf_decode_tok_s"][b], 2)
+                                          for b in a.batches}
 
 
 def print_table(out: dict) -> None:
     print(f"\ndevice: {out['device']}  copy bandwidth: {out['bandwidth_GBps']} GB/s")
     for name, r in out["models"].items():
-        if "error" in r:
-            print(f"{name}: ERROR {r['error']}")
+        if "error" in r or "decode_tok_s_eager_b1" not in r:
+            print(f"{name}: incomplete {r}")
             continue
         print(f"\n{name}: {r['params_M']}M params, bound at batch 1: {r['bound_tok_s_b1']} tok/s "
               f"(ours {r['pct_of_bound_b1']}% of it; eager b1 {r['decode_tok_s_eager_b1']} tok/s)")
@@ -213,6 +233,10 @@ def print_table(out: dict) -> None:
         for b, v in r["decode_tok_s"].items():
             hv = r.get("hf_decode_tok_s", {}).get(b, "-")
             print(f"  {'decode tok/s @b' + str(b):<22}{v:>12}{hv:>14}{r.get('decode_speedup', {}).get(b, '-'):>9}")
+        for b, v in r.get("decode_tok_s_compiled", {}).items():
+            hv = r.get("hf_decode_tok_s", {}).get(b, "-")
+            print(f"  {'compiled tok/s @b' + str(b):<22}{v:>12}{hv:>14}"
+                  f"{r.get('decode_speedup_compiled', {}).get(b, '-'):>9}  (compile {r['compile_s'][b]} s)")
         if "greedy_agree_prefix_of_32" in r:
             print(f"  greedy tokens identical for the first {r['greedy_agree_prefix_of_32']}/32")
 
@@ -233,6 +257,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/llm_bench_models")
     ap.add_argument("--out", default="runs/bench/llm_engine.json")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave)")
+    ap.add_argument("--compile", nargs="*", default=[], help="models to measure again with compile=True (CUDA)")
     a = ap.parse_args()
     a.batches = [int(x) for x in a.batches.split(",")]
     a.prompt_lens = [int(x) for x in a.prompt_lens.split(",")]
@@ -251,15 +276,34 @@ def main() -> None:
                 print(f"skip {m}: no checkpoint there", flush=True)
                 continue
             print(f"benchmarking {name} ...", flush=True)
-            out["models"][name] = bench_model(path, a, device, bw)
+            res = out["models"][name] = {}
+            bench_model(path, a, device, bw, res, lambda: save(out, a.out))
         except Exception as e:  # keep the other models' numbers
-            out["models"][name] = {"error": f"{type(e).__name__}: {e}"}
+            out["models"].setdefault(name, {})["error"] = f"{type(e).__name__}: {e}"
             import traceback
 
             traceback.print_exc()
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(out, indent=1))
+        save(out, a.out)
+    for m in a.compile:  # last: compiling is the slowest and least certain part
+        name = Path(m).name if not m.startswith("random-") else m
+        r = out["models"].get(name)
+        if not r or "error" in r:
+            continue
+        print(f"compiled decode for {name} ...", flush=True)
+        try:
+            bench_compiled(Path(r["path"]), a, device, r)
+        except Exception as e:
+            r["compile_error"] = f"{type(e).__name__}: {e}"
+            import traceback
+
+            traceback.print_exc()
+        save(out, a.out)
     print_table(out)
+
+
+def save(out: dict, path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -30,8 +30,16 @@ def _buckets(lo: int, hi: int) -> list[int]:
 class DecodeGraphs:
     """Captured decode steps for `model` (its caches already set up with `cache_len` positions)."""
 
-    def __init__(self, model, max_batch: int, cache_len: int, min_kv: int = 256):
+    def __init__(self, model, max_batch: int, cache_len: int, min_kv: int = 256, compile: bool = False):
         self.model = model
+        # torch.compile fuses the ~50 small kernels per layer (norms, RoPE, masking) that a graph
+        # still has to launch one by one; one specialisation per (batch, kv) bucket
+        self.fn = model
+        if compile:
+            import torch._dynamo
+
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            self.fn = torch.compile(model, dynamic=False, fullgraph=True)
         self.cache_len = cache_len
         self.batch_buckets = _buckets(1, max_batch)
         self.kv_buckets = _buckets(min(min_kv, cache_len), cache_len)
@@ -54,11 +62,11 @@ class DecodeGraphs:
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
             for _ in range(2):
-                self.model(tok, pos, None, kv_len=kv)
+                self.fn(tok, pos, None, kv_len=kv)
         torch.cuda.current_stream().wait_stream(s)
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g, pool=self.pool):
-            logits = self.model(tok, pos, None, kv_len=kv)[:, -1]
+            logits = self.fn(tok, pos, None, kv_len=kv)[:, -1]
         self.pool = g.pool()
         return g, tok, pos, logits
 

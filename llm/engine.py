@@ -73,12 +73,13 @@ class Engine:
     (token ids only); max_batch_size: KV-cache slots = requests running at once; max_context:
     positions per slot (default min(model's max positions, 8192)); max_prefill_tokens_per_step:
     the chunked-prefill budget; cuda_graphs: replay captured decode steps (None: on for CUDA);
+    compile: torch.compile the captured decode step (CUDA graphs only; compiles per shape bucket);
     detokenize: fill `RequestOutput.text` and honour stop strings.
     """
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer | None = None, *, max_batch_size: int = 32,
                  max_context: int | None = None, max_prefill_tokens_per_step: int = 2048,
-                 cuda_graphs: bool | None = None, detokenize: bool = True):
+                 cuda_graphs: bool | None = None, compile: bool = False, detokenize: bool = True):
         if max_batch_size < 1 or max_prefill_tokens_per_step < 1:
             raise ValueError("max_batch_size and max_prefill_tokens_per_step must be >= 1")
         self.model, self.tokenizer = model, tokenizer
@@ -93,7 +94,7 @@ class Engine:
         self.cache_len = self.max_context + 1
         model.setup_caches(max_batch_size, self.cache_len)
         use_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
-        self.graphs = DecodeGraphs(model, max_batch_size, self.cache_len) if use_graphs else None
+        self.graphs = DecodeGraphs(model, max_batch_size, self.cache_len, compile=compile) if use_graphs else None
         self._lock = threading.Lock()  # guards the hand-over lists below
         self._step_lock = threading.RLock()  # held for a whole step
         self._incoming: list[_Request] = []

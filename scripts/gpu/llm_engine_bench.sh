@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # LLM engine on one GPU: CUDA tests (graph decode == eager == transformers), then bench/llm_engine.py
 # (TTFT 1k/8k, decode tok/s at batch 1/8/32, vs transformers.generate) on a random ~1B Llama-3.2-1B
-# shaped checkpoint and the default models if present. Needs no extra wheels. About 4 minutes.
+# shaped checkpoint and the default models if present, then the 1B again with torch.compile'd
+# decode graphs. Needs no extra wheels. About 5 minutes (at most 9: tests 120 s + bench 420 s).
 #   bash scripts/gpu/llm_engine_bench.sh             # on the GPU machine, writes $OUT/llm_engine_bench/
 #   SMOKE=1 OUT=/tmp/o bash scripts/gpu/llm_engine_bench.sh   # tiny shapes, CPU, to test the script
 set -uo pipefail
@@ -18,11 +19,11 @@ LOG="$OUT_DIR/log.txt"
 } 2>&1 | tee "$LOG"
 
 if [ "${SMOKE:-0}" = "1" ]; then
-  ARGS=(--smoke --device cpu --models random-dense random-moe --batches 1,4 --prompt-lens 64,256 --gen 16 --reps 1)
+  ARGS=(--smoke --device cpu --models random-dense random-moe --batches 1,4 --prompt-lens 64,256 --gen 16 --reps 1 --compile random-dense)
   TEST_TIMEOUT=120
 else
   ARGS=(--device cuda --models random-1b models/llm/dense models/llm/moe --batches 1,8,32
-        --prompt-lens 1024,8192 --gen 128 --reps 3)
+        --prompt-lens 1024,8192 --gen 128 --reps 3 --compile random-1b)
   TEST_TIMEOUT=120
 fi
 
@@ -31,7 +32,7 @@ timeout "$TEST_TIMEOUT" python3 -m pytest -q -p no:cacheprovider tests/llm/test_
   -o addopts="" 2>&1 | tail -n 30 | tee -a "$LOG" "$OUT_DIR/tests.txt"
 
 echo "== bench" | tee -a "$LOG"
-timeout 360 python3 bench/llm_engine.py "${ARGS[@]}" --out "$OUT_DIR/llm_engine.json" \
+timeout 420 python3 bench/llm_engine.py "${ARGS[@]}" --out "$OUT_DIR/llm_engine.json" \
   --workdir /tmp/llm_bench_models 2>&1 | grep -v "Loading weights\|Writing model" | tee -a "$LOG"
 rc=${PIPESTATUS[0]}
 date -u | tee -a "$LOG"
