@@ -176,6 +176,35 @@ class Bus:
             out["streams"][key] = info
         return out
 
+    async def redrive(self, count: int = 100, group: str | None = None) -> int:
+        """Move up to `count` dead letters (optionally only those of `group`) back to their streams.
+
+        The envelope is re-published unchanged; a group whose done-set has its id skips it.
+        Returns how many were moved.
+        """
+        moved = 0
+        start = "-"
+        while moved < count:
+            rows = await self.redis.xrange(self.keys.dead, min=start, count=min(500, count - moved))
+            if not rows:
+                break
+            for mid, f in rows:
+                if group is not None and f.get(b"group", b"").decode() != group:
+                    continue
+                stream = f[b"stream"].decode()
+                if not stream.startswith(self.keys.prefix + ":"):
+                    continue
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.xadd(stream, {k: f[k] for k in (F_ID, F_TYPE, F_DATA, F_TS) if k in f},
+                          maxlen=self.cfg.maxlen, approximate=True)
+                pipe.xdel(self.keys.dead, mid)
+                await pipe.execute()
+                moved += 1
+                if moved >= count:
+                    break
+            start = b"(" + rows[-1][0]
+        return moved
+
     async def close(self) -> None:
         """Close the pool, then stop the embedded Redis if this bus started it."""
         await self.redis.aclose()

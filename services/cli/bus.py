@@ -49,6 +49,30 @@ def _stats(args) -> int:
     return 0
 
 
+def _redrive(args) -> int:
+    import asyncio
+
+    from services.bus.core import open_bus
+    from services.settings import BusSettings
+
+    s = BusSettings()
+    s.url = args.url or s.url
+    s.namespace = args.namespace or s.namespace
+    if s.url is None:
+        print("wakeline bus redrive: no Redis URL (--url or WAKELINE_BUS_URL)")
+        return 2
+
+    async def run() -> int:
+        bus = await open_bus(s.to_config())
+        try:
+            return await bus.redrive(args.count, args.group)
+        finally:
+            await bus.close()
+
+    print(f"moved {asyncio.run(run())} dead letters back to their streams")
+    return 0
+
+
 def register(sub) -> None:
     """`wakeline bus bench|stats`."""
     from services.cli.common import add_command, add_group
@@ -66,3 +90,8 @@ def register(sub) -> None:
     p.add_argument("--url", default=None, help="Redis URL (default: WAKELINE_BUS_URL)")
     p.add_argument("--namespace", default=None, help="key namespace (default: WAKELINE_BUS_NAMESPACE or wakeline)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p = add_command(g, "redrive", "Move dead letters back to their streams (after fixing the cause)", _redrive)
+    p.add_argument("--url", default=None, help="Redis URL (default: WAKELINE_BUS_URL)")
+    p.add_argument("--namespace", default=None, help="key namespace (default: WAKELINE_BUS_NAMESPACE or wakeline)")
+    p.add_argument("--count", type=int, default=100, help="at most this many")
+    p.add_argument("--group", default=None, help="only dead letters of this consumer group")

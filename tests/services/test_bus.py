@@ -199,6 +199,18 @@ def test_poison_and_malformed_messages_are_dead_lettered(redis_url, tmp_path, ca
         assert decode(dead[b"poison-1"]) == poison  # the original envelope is kept for inspection
         assert dead[b"junk-1"][b"error"].startswith(b"malformed envelope")
         assert (await bus.redis.xpending(bus.keys.events, "llm"))["pending"] == 0
+        # After a fix, the dead letters go back; the poison is handled, the junk is dead again.
+        assert await bus.redrive(count=10, group="other") == 0
+        assert await bus.redrive(count=10, group="llm") == 2
+        fixed = []
+
+        async def fixed_handler(ev):
+            fixed.append(ev.event_id)
+
+        cons2 = EventConsumer(bus, "llm", "w2")
+        await consume_until(cons2, fixed_handler, lambda: cons2.handled == 1 and cons2.dead_lettered == 1)
+        assert fixed == ["poison-1"]
+        assert [f[b"id"] for _, f in await bus.redis.xrange(bus.keys.dead)] == [b"junk-1"]
         await prod.close()
         await bus.close()
 
