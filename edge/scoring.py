@@ -48,20 +48,21 @@ class MatcherWeights:
     w_sim: float = 1.0
     w_ctc: float = 1.0
     use_matcher: bool = True
+    gate: float = NEG  # rows whose partition score is below this skip the matcher (score 0)
 
     @classmethod
     def load(cls, path) -> MatcherWeights:
         """Read matcher.npz."""
         z = np.load(path)
         kw = {k: z[k].astype(np.float32) for k in ("w1", "b1", "w2", "b2", "w3", "b3", "w4", "b4", "w5", "b5")}
-        return cls(
-            **kw, w_sim=float(z["w_sim"]), w_ctc=float(z["w_ctc"]), use_matcher=bool(z["use_matcher"])
-        )
+        gate = float(z["gate"]) if "gate" in z.files else NEG
+        return cls(**kw, w_sim=float(z["w_sim"]), w_ctc=float(z["w_ctc"]), use_matcher=bool(z["use_matcher"]),
+                   gate=gate)
 
     def save(self, path) -> None:
         """Write matcher.npz."""
         d = {k: getattr(self, k) for k in ("w1", "b1", "w2", "b2", "w3", "b3", "w4", "b4", "w5", "b5")}
-        np.savez(path, **d, w_sim=self.w_sim, w_ctc=self.w_ctc, use_matcher=self.use_matcher)
+        np.savez(path, **d, w_sim=self.w_sim, w_ctc=self.w_ctc, use_matcher=self.use_matcher, gate=self.gate)
 
 
 def matcher_logits(w: MatcherWeights, feats: np.ndarray, mask: np.ndarray, dp: np.ndarray, n: np.ndarray):
@@ -183,5 +184,9 @@ def keyword_score(w: MatcherWeights, feats, mask, dp, n) -> np.ndarray:
     if not w.use_matcher:
         # DSP only: the mean segment score mapped into [0, 1]
         return np.clip(dp / (w.w_sim + w.w_ctc), 0.0, 1.0).astype(np.float32)
-    logit, _ = matcher_logits(w, feats, mask, dp, n)
-    return (1.0 / (1.0 + np.exp(-np.clip(logit, -30, 30)))).astype(np.float32)
+    out = np.zeros(len(dp), np.float32)
+    live = dp >= w.gate  # a cheap pre-filter: most rows at most frames are far from matching
+    if live.any():
+        logit, _ = matcher_logits(w, feats[live], mask[live], dp[live], n[live])
+        out[live] = 1.0 / (1.0 + np.exp(-np.clip(logit, -30, 30)))
+    return out

@@ -120,17 +120,27 @@ class Spotter:
         hit = self._enrolled.get(key)
         if hit is not None:
             return hit
-        words = self.phonemizer.phonemize(text)
-        phones = [p for w in words for p in w]
-        if len(phones) > NMAX:
-            raise ValueError(f"keyword {text!r} has {len(phones)} phonemes; at most {NMAX} are supported")
-        ids = [self._pid[p] for p in phones]
+        ids = self.phoneme_ids(text)
+        phones = [self.phonemes[i] for i in ids]
         auto = self._calibrate(ids)
         thr = auto if self.threshold_mode == "auto" else self.default_threshold
         kw = EnrolledKeyword(key, tuple(phones), tuple(ids), float(thr), float(auto))
         with self._lock:
             self._enrolled[key] = kw
         return kw
+
+    def phoneme_ids(self, text: str) -> list[int]:
+        """Text -> flat phoneme ids (no threshold calibration). Raises ValueError on bad text."""
+        key = " ".join(text.lower().split()) if isinstance(text, str) else text
+        hit = self._enrolled.get(key)
+        if hit is not None:
+            return list(hit.phoneme_ids)
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("keyword text is empty")
+        phones = [p for w in self.phonemizer.phonemize(text) for p in w]
+        if len(phones) > NMAX:
+            raise ValueError(f"keyword {text!r} has {len(phones)} phonemes; at most {NMAX} are supported")
+        return [self._pid[p] for p in phones]
 
     def _pseudo_frames(self, ids: list[int], per_phone: int = 4, pad: int = 3):
         """Frames an ideal utterance of `ids` would give: the phoneme table replayed."""
@@ -218,8 +228,7 @@ class Spotter:
         emb, logp = self.encode(np.concatenate([pad, x, pad]))
         if len(emb) == 0:
             return [0.0] * len(texts)
-        kws = [self.enroll(t) for t in texts]
-        q, qi, mask, n = keyword_rows(self.table_emb, [list(k.phoneme_ids) for k in kws])
+        q, qi, mask, n = keyword_rows(self.table_emb, [self.phoneme_ids(t) for t in texts])
         return [float(v) for v in score_frames(self.matcher, q, qi, mask, n, emb, logp).max(axis=1)]
 
     def new_resampler(self, sample_rate: int) -> StreamResampler:

@@ -165,3 +165,46 @@ def stream_metrics(curves: list[np.ndarray], events: list[list[tuple[int, int, i
         if fa_h <= target_fa and (best is None or rec["frr"] < best["frr"]):
             best = rec
     return best or {"frr": 1.0, "fa_per_hour": None, "threshold": None}
+
+
+def calibrate_gate(model_dir, examples: list[dict], quantile: float = 0.01, margin: float = 0.1) -> float:
+    """Set the matcher's pre-filter gate below the partition scores of true keywords; returns it.
+
+    For each clip (features) and its own phrase, the partition score at the frame where the
+    matcher scores highest is recorded; the gate is a low quantile of those minus a margin, so the
+    matcher is skipped only where a keyword is far from matching.
+    """
+    from pathlib import Path
+
+    from edge.scoring import NEG, DSPState, MatcherWeights, frame_inputs, keyword_rows, keyword_score
+    from edge.spotter import Spotter
+
+    sp = Spotter.from_dir(model_dir)
+    w = sp.matcher
+    w.gate = NEG
+    if not w.use_matcher:
+        return NEG
+    vals = []
+    for e in examples:
+        ids = [int(x) for x in e["ids"]]
+        if len(ids) > NMAX:
+            continue
+        f = e["feats"].astype(np.float32)
+        f = f[: len(f) - len(f) % 2]
+        cache = np.zeros((1, sp.cache_len, sp.dim), np.float32)
+        logp, emb, _ = sp.session.run(None, {"feats": f[None], "cache": cache})
+        q, qi, mask, n = keyword_rows(sp.table_emb, [ids])
+        st = DSPState(n, w.w_sim, w.w_ctc)
+        best = (-1.0, NEG)
+        for t in range(emb.shape[1]):
+            dp, feats, _ = st.step(*frame_inputs(q, qi, emb[0, t][None], logp[0, t][None]))
+            s = float(keyword_score(w, feats, mask, dp, n)[0])
+            if s > best[0]:
+                best = (s, float(dp[0]))
+        vals.append(best[1])
+    gate = float(np.quantile(vals, quantile) - margin)
+    path = Path(model_dir) / "matcher.npz"
+    mw = MatcherWeights.load(path)
+    mw.gate = gate
+    mw.save(path)
+    return gate
