@@ -123,7 +123,7 @@ async def stall(target: str, long_prompt_tokens: int) -> dict:
             "max_decode_gap_ms": round(max(during) * 1e3, 1) if during else None}
 
 
-async def keyword_to_answer(llm_target: str, redis_url: str, n: int, workdir: Path) -> dict:
+async def keyword_to_answer(llm_target: str, redis_url: str, n: int, workdir: Path, use_edge: bool = True) -> dict:
     """Event published for a connected device -> Answer on its stream (edge + worker + LLM, real processes).
 
     Without an edge node (e.g. the GPU machine lacks the phonemizer's wheels) the answer is timed
@@ -135,6 +135,8 @@ async def keyword_to_answer(llm_target: str, redis_url: str, n: int, workdir: Pa
 
     edge, where, kws_dir = None, "device gRPC stream (through the edge node)", REPO / "models" / "kws" / "default"
     try:
+        if not use_edge:
+            raise RuntimeError("--no-edge")
         from services.edge.testing import EdgeProcess
 
         if not any(kws_dir.glob("*.onnx")):
@@ -166,12 +168,14 @@ async def keyword_to_answer(llm_target: str, redis_url: str, n: int, workdir: Pa
                 elif r.kind == "answer":
                     answers.put_nowait((time.perf_counter(), r.response.answer))
 
+        reply_consumer = ReplyConsumer(bus, "edge-bench")
+
         async def replies():
             async def on_answer(a):
                 answers.put_nowait((time.perf_counter(), a))
 
             started.set()
-            await ReplyConsumer(bus, "edge-bench").run(on_answer)
+            await reply_consumer.run(on_answer)
 
         dev = asyncio.ensure_future(device() if edge else replies())
         await started.wait()
@@ -185,8 +189,11 @@ async def keyword_to_answer(llm_target: str, redis_url: str, n: int, workdir: Pa
             lat.append((t1 - t0) * 1e3)
             ttft.append(a.ttft_ms)
             tokens.append(a.usage.completion_tokens)
-        dev.cancel()
-        await asyncio.gather(dev, return_exceptions=True)
+        if edge:
+            dev.cancel()
+        else:
+            reply_consumer.stop()
+        await asyncio.wait({dev}, timeout=10)
         await prod.close()
         await bus.close()
     finally:
@@ -224,6 +231,7 @@ def main() -> int:
     ap.add_argument("--long-prompt", type=int, default=400 if smoke else 3000, help="tokens, for the stall test")
     ap.add_argument("--e2e", type=int, default=3 if smoke else 30, help="keyword->answer samples (0 = skip)")
     ap.add_argument("--out", default=str(REPO / "runs" / "llm_service.json"))
+    ap.add_argument("--no-edge", action="store_true", help="time answers at the reply stream, no edge node")
     ap.add_argument("--random-shape", default=None, choices=["default", "1b"],
                     help="benchmark a random-weight Llama of this shape instead of a model folder")
     args = ap.parse_args()
@@ -239,7 +247,7 @@ def main() -> int:
             shape = {"hidden": 2048, "layers": 16, "heads": 32, "kv_heads": 8, "intermediate": 8192,
                      "model_vocab": 128256, "dtype": "bfloat16"}
         t0 = time.perf_counter()
-        model = str(make_tiny_llama(work / "model", max_positions=8192, **shape))
+        model = str(make_tiny_llama(work / "model", max_positions=8192, device=args.device, **shape))
         note = (f"random-weight Llama, {args.random_shape or 'default'} shape {shape} (EOS never sampled: "
                 f"every request runs to max_tokens); made in {time.perf_counter() - t0:.0f}s")
     env = {"WAKELINE_LLM_DEVICE": args.device, "WAKELINE_LLM_MAX_PENDING_REQUESTS": "256",
@@ -259,7 +267,7 @@ def main() -> int:
             from services.bus import embedded_redis
 
             url, redis = embedded_redis(work / "redis")
-            res["e2e"] = asyncio.run(keyword_to_answer(target, url, args.e2e, work))
+            res["e2e"] = asyncio.run(keyword_to_answer(target, url, args.e2e, work, not args.no_edge))
     finally:
         srv.cleanup()
         if redis:

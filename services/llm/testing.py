@@ -19,7 +19,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content
 
 def make_tiny_llama(out: str | Path, *, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
                     max_positions: int = 512, vocab: int = 512, seed: int = 0, intermediate: int | None = None,
-                    model_vocab: int | None = None, dtype: str | None = None) -> Path:
+                    model_vocab: int | None = None, dtype: str | None = None, device: str = "cpu") -> Path:
     """Write a random-weight Llama-shaped checkpoint with tokenizer and chat template to `out`; returns it.
 
     `vocab` bounds the BPE tokenizer (trained on a few sentences, so it stays small); `model_vocab`
@@ -51,7 +51,8 @@ def make_tiny_llama(out: str | Path, *, hidden: int = 64, layers: int = 2, heads
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                       max_position_embeddings=max_positions, bos_token_id=tok.token_to_id("<s>"),
                       eos_token_id=eos, pad_token_id=0, tie_word_embeddings=False, rope_theta=10000.0)
-    model = LlamaForCausalLM(cfg)
+    with torch.device(device):  # random init of a 1B-shaped model is much faster on a GPU
+        model = LlamaForCausalLM(cfg)
     with torch.no_grad():
         model.lm_head.weight[eos].zero_()
     if dtype:
