@@ -79,7 +79,7 @@ async def _run(args, token, device_id, attrs) -> int:
                 n_det += kind == "detection"
                 continue
             if kind == "started":
-                kws = ", ".join(f"{k.text} ({k.threshold:.2f})" for k in msg.keywords)
+                kws = ", ".join(f"{k.text} ({k.threshold:.3g}{', auto' if k.auto_threshold else ''})" for k in msg.keywords)
                 print(f"stream {msg.session_id} on {msg.edge_node}: keywords {kws}", flush=True)
             elif kind == "detection":
                 n_det += 1

@@ -120,8 +120,22 @@ async def stream_device(channel: grpc.aio.Channel, device_id: str, keywords, aud
     config = edge_pb2.StreamConfig(device_id=device_id, format=fmt, keywords=keyword_specs(keywords),
                                    attributes=attributes or {})
 
+    started = asyncio.Event()
+    failure: list[BaseException] = []
+
     async def requests():
         yield edge_pb2.StreamRequest(config=config)
+        # Audio waits for StreamStarted: a rejected config then ends the call with the node's
+        # status instead of racing our writes against its abort.
+        await started.wait()
+        try:
+            async for req in _audio_requests():
+                yield req
+        except Exception as e:  # surfaced after the call, not as gRPC's CANCELLED
+            failure.append(e)
+            raise
+
+    async def _audio_requests():
         t0 = time.perf_counter()
         seq = 0
         async for block in _blocks(audio, mic_chunks, chunk_ms):
@@ -142,13 +156,19 @@ async def stream_device(channel: grpc.aio.Channel, device_id: str, keywords, aud
     call = edge_pb2_grpc.EdgeServiceStub(channel).Stream(requests(), metadata=auth_metadata(token))
     try:
         async for resp in call:
+            started.set()
             now = time.perf_counter()
             latency = None
             if resp.WhichOneof("msg") == "detection":
                 sent = stats.sent_wall(resp.detection.end_time)
                 latency = None if sent is None else now - sent
             yield Received(resp, now, latency)
+    except asyncio.CancelledError:
+        if failure:
+            raise failure[0] from None
+        raise
     finally:
+        started.set()
         call.cancel()
 
 
@@ -162,19 +182,34 @@ async def _blocks(audio: DeviceAudio | None, mic_chunks, chunk_ms: int):
             yield block
 
 
-async def microphone(sample_rate: int = 16000, block_ms: int = 100) -> AsyncIterator[np.ndarray]:
-    """Float32 mono blocks from the default microphone (needs the optional `sounddevice`)."""
+def microphone(sample_rate: int = 16000, block_ms: int = 100) -> AsyncIterator[np.ndarray]:
+    """Float32 mono blocks from the default microphone (needs the optional `sounddevice` and PortAudio).
+
+    Opens the device at once, so a missing library or device is a RuntimeError here, not mid-stream.
+    """
     try:
         import sounddevice as sd
     except (ImportError, OSError) as e:
-        raise RuntimeError(f"--mic needs the optional 'sounddevice' package and PortAudio: {e}") from e
+        raise RuntimeError(f"--mic needs the optional 'sounddevice' package and the PortAudio library: {e}") from e
     loop = asyncio.get_running_loop()
     q: asyncio.Queue = asyncio.Queue()
 
     def callback(indata, frames, t, status):
         loop.call_soon_threadsafe(q.put_nowait, indata[:, 0].copy())
 
-    with sd.InputStream(samplerate=sample_rate, channels=1, dtype="float32",
-                        blocksize=int(sample_rate * block_ms / 1000), callback=callback):
-        while True:
-            yield await q.get()
+    try:
+        stream = sd.InputStream(samplerate=sample_rate, channels=1, dtype="float32",
+                                blocksize=int(sample_rate * block_ms / 1000), callback=callback)
+        stream.start()
+    except Exception as e:  # sd.PortAudioError: no device, busy, unsupported rate
+        raise RuntimeError(f"cannot open the microphone: {e}") from e
+
+    async def blocks():
+        try:
+            while True:
+                yield await q.get()
+        finally:
+            stream.stop()
+            stream.close()
+
+    return blocks()
