@@ -226,3 +226,32 @@ def test_health_reflection_auth_and_metrics(tiny_model):
             return await asyncio.to_thread(names)
 
     assert "wakeline.v1.LlmService" in asyncio.run(refl())
+
+
+def test_tls_with_bearer_token(tiny_model, tmp_path):
+    import subprocess
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                        str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext",
+                        "subjectAltName=IP:127.0.0.1,DNS:localhost"], capture_output=True)
+    if r.returncode:
+        pytest.skip(f"openssl cannot make a test certificate: {r.stderr.decode()[-200:]}")
+    tokens = tmp_path / "tokens"
+    tokens.write_text("tok-a\ntok-b\n")
+
+    async def go():
+        async with running(tiny_model, tls_cert=cert, tls_key=key, auth_tokens_file=tokens) as (srv, _):
+            target = f"127.0.0.1:{srv.port}"
+            async with LlmClient(target, token="tok-b", tls_ca=cert) as c:
+                assert (await c.generate(build_request("hello", max_tokens=3))).usage.completion_tokens == 3
+            async with LlmClient(target, token="nope", tls_ca=cert) as c:
+                with pytest.raises(grpc.aio.AioRpcError) as ei:
+                    await c.generate(build_request("hello", max_tokens=3))
+                assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            async with LlmClient(target, token="tok-a") as plain:  # plaintext to a TLS port fails
+                with pytest.raises(grpc.aio.AioRpcError) as ei:
+                    await plain.generate(build_request("hello", max_tokens=3), timeout=5)
+                assert ei.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+    asyncio.run(go())
