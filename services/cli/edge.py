@@ -10,6 +10,7 @@ _FLAGS = {
     "max_streams": int, "max_chunk_bytes": int, "max_keywords": int, "max_message_bytes": int,
     "num_threads": int, "ort_threads": int, "auth_tokens_file": str, "tls_cert": str, "tls_key": str,
     "metrics_port": int, "grace_s": float, "threshold_mode": str, "processes": int,
+    "overload_lag_s": float,
 }
 
 

@@ -135,7 +135,8 @@ class EdgeNode:
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         await self._set_health(False)
         self.servicer = EdgeServicer(None, s.node_id, self._publish_late, self.executor, self.metrics,
-                                     self.registry, ServiceLimits(s.max_streams, s.max_chunk_bytes, s.max_keywords),
+                                     self.registry, ServiceLimits(s.max_streams, s.max_chunk_bytes, s.max_keywords,
+                                                   s.overload_lag_s),
                                      self.tokens)
         edge_pb2_grpc.add_EdgeServiceServicer_to_server(self.servicer, self.server)
         addr = f"{s.host}:{s.port}"

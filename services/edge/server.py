@@ -35,6 +35,22 @@ class ServiceLimits:
     max_streams: int = 256
     max_chunk_bytes: int = 64 * 1024
     max_keywords: int = 32
+    overload_lag_s: float = 2.0
+
+
+class LagGauge:
+    """Smoothed chunk lag (received -> decoded). Above the limit the node is behind real time, and
+    taking more streams would only make every stream later: new streams are then refused."""
+
+    def __init__(self, limit_s: float, alpha: float = 0.05) -> None:
+        self.limit_s, self.alpha, self.value = limit_s, alpha, 0.0
+
+    def observe(self, lag_s: float) -> None:
+        self.value += self.alpha * (lag_s - self.value)
+
+    @property
+    def overloaded(self) -> bool:
+        return self.limit_s > 0 and self.value > self.limit_s
 
 
 class _Reject(Exception):
@@ -67,6 +83,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         self.batcher: DecodeBatcher | None = None
         self.model_rate = 16000
         self._active = 0
+        self.lag = LagGauge(limits.overload_lag_s)
         if spotter is not None:
             self.set_spotter(spotter)
 
@@ -91,6 +108,9 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         if self._active >= self.limits.max_streams:
             await self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"edge node {self.node_id} is at its limit of {self.limits.max_streams} streams")
+        if self.lag.overloaded:
+            await self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"edge node {self.node_id} is behind real time ({self.lag.value:.1f} s); try another node")
         self._active += 1
         session = None
         reader = None
@@ -196,7 +216,9 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                     self.executor, self.book.process, session.stream, decoder.out_rate, samples)
         if samples is not None:
             self.metrics.processed(samples.size / decoder.out_rate, compute_s)
-            self.metrics.chunk_latency.observe(time.perf_counter() - t_recv)
+            lag = time.perf_counter() - t_recv
+            self.metrics.chunk_latency.observe(lag)
+            self.lag.observe(lag)
         for det in dets:
             self._detected(session, det)
 

@@ -36,6 +36,8 @@ class EdgeSettings(BaseSettings):
     # RPCs land on the same process.
     processes: int = Field(1, ge=1)
     reuse_port: bool = False
+    # New streams are refused (RESOURCE_EXHAUSTED) while the smoothed chunk lag exceeds this; 0 = never.
+    overload_lag_s: float = Field(2.0, ge=0)
     num_threads: int = Field(2, ge=1)  # worker threads running the Spotter off the event loop
     ort_threads: int = Field(1, ge=1)  # onnxruntime intra-op threads per session
     # Threshold of a keyword enrolled without one: "auto" (calibrated per keyword against generated

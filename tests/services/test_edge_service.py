@@ -274,3 +274,29 @@ def test_client_disconnect_mid_stream(node):
     out, code, details = run(exchange(node.target, [config(device="dev-gone"), chunk(encode_audio(noise(0.2)))]))
     assert code == grpc.StatusCode.OK, details
     assert out[0].started.session_id
+
+
+def test_reconnect_replaces_the_older_stream(node):
+    async def go():
+        first_started = asyncio.Event()
+        codes = {}
+
+        async def first():
+            try:
+                async for r in stream_device(open_channel(node.target), "dev-dup", ["lights on"],
+                                             DeviceAudio(noise(10.0), 16000), realtime=True):
+                    if r.kind == "started":
+                        first_started.set()
+                codes["first"] = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as e:
+                codes["first"] = (e.code(), e.details())
+
+        t = asyncio.ensure_future(first())
+        await first_started.wait()
+        out, code, _ = await exchange(node.target, [config(device="dev-dup"), chunk(encode_audio(noise(0.1)))])
+        await asyncio.wait_for(t, 10)
+        return codes["first"], out, code
+
+    first, out, code = run(go())
+    assert first[0] == grpc.StatusCode.ABORTED and "newer stream" in first[1]
+    assert code == grpc.StatusCode.OK and out[0].started.session_id

@@ -169,3 +169,21 @@ def test_bus_config_precedence(monkeypatch):
     assert (cfg.url, cfg.maxlen, cfg.spool_dir) == ("redis://bus-host:6379/0", 1234, "/tmp/s")
     cfg = bus_config(EdgeSettings(node_id="n", bus_url="redis://edge-own:1/0", bus_namespace="ns2"))
     assert (cfg.url, cfg.namespace) == ("redis://edge-own:1/0", "ns2")
+
+
+def test_lag_gauge_flags_sustained_lag_only():
+    from services.edge.server import LagGauge
+
+    g = LagGauge(1.0)
+    g.observe(5.0)
+    assert not g.overloaded  # one slow chunk is not overload
+    for _ in range(100):
+        g.observe(3.0)
+    assert g.overloaded
+    for _ in range(100):
+        g.observe(0.01)
+    assert not g.overloaded
+    off = LagGauge(0.0)
+    for _ in range(100):
+        off.observe(100.0)
+    assert not off.overloaded
