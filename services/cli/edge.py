@@ -26,6 +26,7 @@ def register(sub) -> None:
 
 def _serve(args) -> int:
     import asyncio
+    import logging
 
     from services.edge.app import EdgeNode
     from services.edge.settings import EdgeSettings
@@ -38,5 +39,9 @@ def _serve(args) -> int:
         from services.edge.supervisor import serve_processes
 
         return serve_processes(settings)
-    asyncio.run(EdgeNode(settings).run())
+    try:
+        asyncio.run(EdgeNode(settings).run())
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # model, TLS or bus set-up
+        logging.getLogger("services.edge").error("edge node failed to start: %s", e)
+        return 1
     return 0

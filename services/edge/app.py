@@ -222,6 +222,10 @@ class EdgeNode:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
+        try:
+            await self.start()
+        except Exception:
+            await self.stop(0)  # close the port and the bus before the error propagates
+            raise
         await stop.wait()
         await self.stop()

@@ -187,3 +187,20 @@ def test_lag_gauge_flags_sustained_lag_only():
     for _ in range(100):
         off.observe(100.0)
     assert not off.overloaded
+
+
+def test_cli_flags_are_settings_and_bad_model_dir_fails_cleanly(tmp_path):
+    import subprocess
+    import sys
+
+    from services.cli.edge import _FLAGS
+    from services.edge.testing import REPO, free_port
+
+    assert set(_FLAGS) <= set(EdgeSettings.model_fields)
+    out = subprocess.run([sys.executable, "-m", "services.cli", "edge", "serve", "--port", str(free_port()),
+                          "--host", "127.0.0.1", "--no-metrics", "--model-dir", str(tmp_path / "missing"),
+                          "--spool-dir", str(tmp_path / "spool")],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "edge node failed to start" in out.stderr and "lacks encoder.onnx" in out.stderr
+    assert "Traceback" not in out.stderr
