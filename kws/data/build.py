@@ -1,8 +1,9 @@
 """``wakeline kws data build``: deterministic, resumable, parallel dataset builds.
 
 Work is cut into shards; shard ``k`` of part ``p`` draws everything from
-``np.random.default_rng([seed, p, k])``, so the output does not depend on the number of
-workers or on interruptions. A shard writes its audio, then its ``.jsonl`` part atomically;
+``np.random.default_rng([seed, p, k])`` and runs in a fresh forked process (eSpeak keeps
+waveform state between calls), so the output, audio included, does not depend on the number
+of workers or on interruptions. A shard writes its audio, then its ``.jsonl`` part atomically;
 a rerun skips shards whose part exists (resume). At the end the parts are merged into
 ``pairs.jsonl``, ``streams.jsonl`` and/or ``train.jsonl`` and a size/time report is written.
 
@@ -62,12 +63,14 @@ def _context(split: str, seed: int):
 def _run_shard(job: tuple) -> tuple[str, int, int, float]:
     """Build one shard; return ``(part, shard, items, audio seconds)``."""
     part, shard, count, preset, seed, out = job
+    from kws.data.espeak import ESpeak
     from kws.data.examples import make_pair_clip, make_stream, make_train_example
     from kws.eval.manifest import write_audio, write_jsonl
 
     out = Path(out)
     ctx = _context(preset.split, seed)
     rng = np.random.default_rng([seed, PARTS[part], shard])
+    ESpeak.get().seed(int(rng.integers(2**31)))
     rows, seconds = [], 0.0
     if part == "pairs":
         for i in range(count):
@@ -160,19 +163,18 @@ def build(preset_name: str, out: str | Path, seed: int = 0, workers: int = 1, pr
     done_items = total_items - sum(j[2] for j in todo)
     bar = tqdm(total=total_items, initial=done_items, unit="item", disable=not progress,
                desc=f"kws data {preset_name}")
-    if workers <= 1:
-        results = map(_run_shard, todo)
-    else:
-        pool = mp.get_context("fork").Pool(workers)
+    if todo:
+        # the lexicon, rooms and noise are built once here and inherited by the forked workers;
+        # every shard runs in a fresh process, so eSpeak's state (which carries over between
+        # calls) is the same whichever worker builds it: the output is bit-identical
+        ctx = _context(preset.split, seed)
+        ctx.lexicon.warmup()
         # streams are the longest shards: start them first so the tail is short
         todo.sort(key=lambda j: j[0] != "streams")
-        results = pool.imap_unordered(_run_shard, todo)
-    for _, _, n, _ in results:
-        bar.update(n)
+        with mp.get_context("fork").Pool(max(1, workers), maxtasksperchild=1) as pool:
+            for _, _, n, _ in pool.imap_unordered(_run_shard, todo):
+                bar.update(n)
     bar.close()
-    if workers > 1:
-        pool.close()
-        pool.join()
     counts = {
         "pairs": _merge(out, "pairs", "pairs.jsonl"),
         "streams": _merge(out, "streams", "streams.jsonl"),

