@@ -433,3 +433,18 @@ def test_restarted_consumer_resumes_its_own_pending_at_once(redis_url, tmp_path)
         await bus.close()
 
     asyncio.run(main())
+
+
+def test_streams_are_capped(redis_url, tmp_path):
+    async def main():
+        bus = await open_bus(cfg(redis_url, tmp_path, maxlen=100))
+        prod = EventProducer(bus)
+        for s in range(0, 2000, 100):
+            await prod.publish_events([event(i) for i in range(s, s + 100)])
+        n = await bus.redis.xlen(bus.keys.events)
+        # MAXLEN ~ trims whole radix-tree nodes (100 entries each by default): approximate, never unbounded.
+        assert 100 <= n <= 300, n
+        await prod.close()
+        await bus.close()
+
+    asyncio.run(main())
