@@ -86,24 +86,27 @@ class DSPState:
     copies only what it reads.
     """
 
-    def __init__(self, n: np.ndarray, w_sim: float, w_ctc: float):
+    def __init__(self, n: np.ndarray, w_sim: float, w_ctc: float, width: int | None = None):
         self.n = np.asarray(n, np.int64)  # [K] phonemes per row
         k = len(self.n)
+        # rows are padded only to the longest enrolled keyword: the cost grows with width squared
+        width = width or int(self.n.max())
+        self.width = width
         self.w_sim, self.w_ctc = w_sim, w_ctc
         self.frames = 0
         self.pos = 0
-        self.s_ring = np.zeros((k, NMAX, LMAX), np.float32)
-        self.c_ring = np.zeros((k, NMAX, LMAX), np.float32)
-        self.d_ring = np.full((k, NMAX, LMAX), NEG, np.float32)  # D at the frame held in each slot
-        self.p_ring = np.zeros((k, NMAX, LMAX, NMAX, N_FEAT), np.float32)  # path features per slot
+        self.s_ring = np.zeros((k, width, LMAX), np.float32)
+        self.c_ring = np.zeros((k, width, LMAX), np.float32)
+        self.d_ring = np.full((k, width, LMAX), NEG, np.float32)  # D at the frame held in each slot
+        self.p_ring = np.zeros((k, width, LMAX, width, N_FEAT), np.float32)  # path features per slot
         self._inv_l = 1.0 / np.arange(1, LMAX + 1, dtype=np.float32)
         self._dur = np.arange(1, LMAX + 1, dtype=np.float32) / LMAX
         self._rows = np.arange(k)[:, None]
-        self._ph = np.arange(NMAX)
+        self._ph = np.arange(width)
 
     def step(self, s_t: np.ndarray, c_t: np.ndarray):
-        """s_t, c_t [K, NMAX] for the new frame -> (dp [K] mean segment score, feats [K, NMAX, F], frames)."""
-        k = len(self.n)
+        """s_t, c_t [K, width] for the new frame -> (dp [K] mean segment score, feats [K, width, F], frames)."""
+        k, width = len(self.n), self.width
         self.frames += 1
         prev_slots = (self.pos - np.arange(LMAX)) % LMAX  # slot of t - l, l = 1..LMAX (before the write)
         self.pos = (self.pos + 1) % LMAX
@@ -114,16 +117,16 @@ class DSPState:
         ms = np.cumsum(s_l, axis=2) * self._inv_l  # mean over the last l frames
         xs = np.maximum.accumulate(s_l, axis=2)
         xc = np.maximum.accumulate(self.c_ring[:, :, order], axis=2)
-        g = self.w_sim * ms + self.w_ctc * xc  # [K, NMAX, LMAX]
+        g = self.w_sim * ms + self.w_ctc * xc  # [K, width, LMAX]
         prev = np.empty_like(g)
         prev[:, 0] = np.where(np.arange(1, LMAX + 1) <= self.frames, 0.0, NEG)  # free start
         prev[:, 1:] = self.d_ring[:, :-1][:, :, prev_slots]
         cand = prev + g
-        best = cand.argmax(axis=2)  # [K, NMAX], l* - 1
+        best = cand.argmax(axis=2)  # [K, width], l* - 1
         bi = best[..., None]
         d_t = np.take_along_axis(cand, bi, axis=2)[..., 0]
         # path features: those of phoneme i-1's path ending at t - l*, plus phoneme i's segment
-        src = np.zeros((k, NMAX, NMAX, N_FEAT), np.float32)
+        src = np.zeros((k, width, width, N_FEAT), np.float32)
         src[:, 1:] = self.p_ring[self._rows, self._ph[None, :-1], prev_slots[best[:, 1:]]]
         src[:, self._ph, self._ph, 0] = np.take_along_axis(ms, bi, 2)[..., 0]
         src[:, self._ph, self._ph, 1] = np.take_along_axis(xs, bi, 2)[..., 0]
@@ -134,23 +137,28 @@ class DSPState:
         rows = self._rows[:, 0]
         last = self.n - 1
         dp = d_t[rows, last] / self.n
-        feats = src[rows, last]  # [K, NMAX, F]
+        feats = src[rows, last]  # [K, width, F]
         frames = np.rint(feats[..., 3] * LMAX).sum(axis=1).astype(np.int64)
         return dp, feats, frames
 
 
-def keyword_rows(table: np.ndarray, phoneme_ids: list[list[int]]):
-    """Text side: padded phoneme vectors [K, NMAX, E], ids [K, NMAX], mask [K, NMAX], n [K]."""
+def keyword_rows(table: np.ndarray, phoneme_ids: list[list[int]], width: int | None = None):
+    """Text side: padded phoneme vectors [K, W, E], ids [K, W], mask [K, W], n [K].
+
+    W (default: the longest keyword) <= NMAX; padding never changes a score (masked).
+    """
     k = len(phoneme_ids)
-    q = np.zeros((k, NMAX, table.shape[1]), np.float32)
-    ids = np.zeros((k, NMAX), np.int64)
-    for r, p in enumerate(phoneme_ids):
+    for p in phoneme_ids:
         if not 1 <= len(p) <= NMAX:
             raise ValueError(f"keyword has {len(p)} phonemes; supported 1..{NMAX}")
+    width = width or max(len(p) for p in phoneme_ids)
+    q = np.zeros((k, width, table.shape[1]), np.float32)
+    ids = np.zeros((k, width), np.int64)
+    for r, p in enumerate(phoneme_ids):
         q[r, : len(p)] = table[p]
         ids[r, : len(p)] = p
     n = np.array([len(p) for p in phoneme_ids], np.int64)
-    mask = np.arange(NMAX)[None] < n[:, None]
+    mask = np.arange(width)[None] < n[:, None]
     return q, ids, mask, n
 
 
@@ -167,7 +175,7 @@ def frame_inputs(q, ids, emb_t: np.ndarray, logp_t: np.ndarray):
 
 def score_frames(w: MatcherWeights, q, ids, mask, n, emb: np.ndarray, logp: np.ndarray) -> np.ndarray:
     """Scores [K, T] of K keyword rows over T frames (emb [T, E] shared, or [K, T, E] per row)."""
-    st = DSPState(n, w.w_sim, w.w_ctc)
+    st = DSPState(n, w.w_sim, w.w_ctc, width=q.shape[1])
     per_row = emb.ndim == 3
     out = np.zeros((len(n), emb.shape[-2]), np.float32)
     for t in range(emb.shape[-2]):

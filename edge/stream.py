@@ -75,11 +75,15 @@ class Stream:
             self._rows, self._dsp = None, None
             return
         self._rows = keyword_rows(self._sp.table_emb, [list(k.phoneme_ids) for k in self._kw])
-        new = DSPState(self._rows[3], self._sp.matcher.w_sim, self._sp.matcher.w_ctc)
+        new = DSPState(self._rows[3], self._sp.matcher.w_sim, self._sp.matcher.w_ctc, width=self._rows[0].shape[1])
         if old is not None and keep:
+            # a row's state beyond its own length is never read, so the width may grow or shrink
             new.frames, new.pos = old.frames, old.pos
-            for name in ("s_ring", "c_ring", "d_ring", "p_ring"):
-                getattr(new, name)[: len(keep)] = getattr(old, name)[keep]
+            w, k = min(old.width, new.width), len(keep)
+            new.s_ring[:k, :w] = old.s_ring[keep, :w]
+            new.c_ring[:k, :w] = old.c_ring[keep, :w]
+            new.d_ring[:k, :w] = old.d_ring[keep, :w]
+            new.p_ring[:k, :w, :, :w] = old.p_ring[keep, :w, :, :w]
         self._dsp = new
 
     # -- audio ------------------------------------------------------------------------------

@@ -118,3 +118,17 @@ def test_shipped_model_separates_spoken_text():
         pos.append(sp.score_pair(utt.audio, 16000, text))
         neg.append(sp.score_pair(utt.audio, 16000, other))
     assert min(pos) > max(neg)
+
+
+def test_adding_a_longer_keyword_keeps_the_others_state(spotter):
+    rng = np.random.default_rng()
+    x = (rng.standard_normal(16000 * 3) * 0.1).astype(np.float32)
+    alone = spotter.create_stream([("stop", 0.05)])
+    both = spotter.create_stream([("stop", 0.05)])
+    _run(spotter, alone, x, 16000, 1600)
+    _run(spotter, both, x[:24000], 16000, 1600)
+    both.add_keyword("turn off the kitchen lights please", threshold=0.05)
+    _run(spotter, both, x[24000:], 16000, 1600)
+    a = [(d.fired_time, round(d.score, 5)) for d in alone.results()]
+    b = [(d.fired_time, round(d.score, 5)) for d in both.results() if d.keyword == "stop"]
+    assert a == b

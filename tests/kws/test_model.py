@@ -111,3 +111,13 @@ def test_sal_weights_anchor_frames():
     yy, vv = frame_targets(a, lab, t)
     assert streaming_loss(near, yy, vv, a, "sal") > streaming_loss(far, yy, vv, a, "sal")
     assert torch.isclose(streaming_loss(near, yy, vv, a, "ce"), streaming_loss(far, yy, vv, a, "ce"))
+
+
+def test_padding_width_does_not_change_scores():
+    rng = np.random.default_rng()
+    emb, logp, table = _random_inputs(rng, t=40)
+    kws = [list(rng.integers(0, 39, size=n)) for n in (2, 5)]
+    w = Matcher().to_numpy(1.0, 1.0)
+    narrow = score_frames(w, *keyword_rows(table, kws), emb, logp)
+    wide = score_frames(w, *keyword_rows(table, kws, width=NMAX), emb, logp)
+    np.testing.assert_allclose(narrow, wide, atol=1e-6)
