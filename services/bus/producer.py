@@ -53,6 +53,7 @@ class _Producer:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closed = False
+        self._sending = False  # a batch taken from _pending is on its way to Redis
         self._xadd_many = bus.redis.register_script(_XADD_MANY_LUA)
 
     @property
@@ -116,6 +117,7 @@ class _Producer:
                     await self._wake.wait()
                     continue
                 batch, self._pending = self._pending, []
+                self._sending = True
                 try:
                     await self._xadd([(s, f) for s, f, _ in batch])
                 except TRANSIENT_ERRORS as e:
@@ -140,6 +142,8 @@ class _Producer:
                     self._fail(batch, e)
                     batch = []
                     continue
+                finally:
+                    self._sending = False
                 PUBLISHED.labels(self.kind).inc(len(batch))
                 self._resolve(batch, True)
                 batch = []
@@ -188,7 +192,7 @@ class _Producer:
         """Wait until everything published so far is in Redis (spool replayed); False on timeout."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        while self._pending or self._degraded:
+        while self._pending or self._sending or self._degraded:
             if self._task is None:
                 self._task = asyncio.create_task(self._pump(), name=f"bus-{self.kind}-producer")
             if deadline is not None and loop.time() > deadline:
@@ -201,7 +205,7 @@ class _Producer:
         """Flush for up to `timeout` seconds, then stop; what is not in Redis stays in the spool."""
         if self._closed:
             return
-        if self._pending:
+        if self._pending or self._sending:
             await self.flush(timeout)
         self._closed = True
         if self._task:
