@@ -29,11 +29,18 @@ API::
         return Answer(answer_id=f"{event.event_id}:a", event_id=event.event_id, edge_node=event.edge_node, ...)
     task = asyncio.create_task(cons.run(handle)); ...; cons.stop(); await task
     cons.handled, cons.duplicates, cons.dead_lettered, cons.failures
+    # Keep consumer names stable across restarts: a restarted consumer resumes its own pending
+    # messages at once (others would wait for the visibility timeout). A new group starts at
+    # start_id="0" (the whole stream); pass start_id="$" to see only new events.
+    # Outbound(stream, message) sends a returned message to an explicit stream of this namespace.
 
-    await ReplyProducer(bus).publish_answer(answer)          # to answer.edge_node's reply stream
-    await ReplyConsumer(bus, edge_node="edge-a").run(handler) # handler(Answer)
-    await bus.stats() ; await bus.close()                     # close also stops an embedded Redis
+    await ReplyProducer(bus).publish_answer(answer)          # to answer.edge_node's reply stream; without
+                                                              # spool_dir an outage raises to the caller
+    await ReplyConsumer(bus, edge_node="edge-a").run(handler) # handler(Answer); group "edge:edge-a"
+    await bus.stats(); await bus.redrive(count=100, group="llm")  # dead letters back to their streams
+    await bus.close()                                         # also stops an embedded Redis
     url, stop = embedded_redis(dir)      # real redis-server on unix://<dir>/redis.sock, AOF on
+    BusSettings().to_config()            # services.settings: env WAKELINE_BUS_URL, _NAMESPACE, _SPOOL_DIR, ...
 
 Guarantees and what they rely on:
 
