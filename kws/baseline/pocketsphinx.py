@@ -130,13 +130,16 @@ class PocketSphinxBackend:
         lines, names = [], {}
         for kw in keywords:
             words = self.ph.normalize(kw)
+            if " ".join(words) in {" ".join(n.split("_")[0] for n in a.split()) for a in names}:
+                continue  # two spellings of one phrase ("channel 5", "channel five"): enrolled once
             for w in words:
                 if dec.lookup_word(w) is None:
                     dec.add_word(w, " ".join(self.ph.word(w)), True)
             for k, level in enumerate(LEVELS):
                 alias = []
                 for w in words:
-                    dec.add_word(f"{w}_{k}", dec.lookup_word(w), True)
+                    if dec.lookup_word(f"{w}_{k}") is None:  # words shared by keywords: add once
+                        dec.add_word(f"{w}_{k}", dec.lookup_word(w), True)
                     alias.append(f"{w}_{k}")
                 names[" ".join(alias)] = (kw, k)
                 lines.append(f"{' '.join(alias)} /{level:g}/")
