@@ -46,18 +46,21 @@ class DecodeGraphs:
         self.graphs: dict[tuple[int, int], tuple] = {}
         self.failed: set[tuple[int, int]] = set()
         self.pool = None
+        self._moes: list | None = None
+        self._attns: list = []
 
     def enabled(self, model) -> bool:
         """Graphs replay no Python: off while a routing observer or attention capture is on."""
-        for m in model.modules():
-            if isinstance(m, MoE) and m.observer is not None:
-                return False
-        return not any(layer.attention.return_last_attn for layer in model.layers)
+        if self._moes is None:  # looked up once: walking every module each step costs ~0.1 ms
+            self._moes = [m for m in model.modules() if isinstance(m, MoE)]
+            self._attns = [layer.attention for layer in model.layers]
+        return not (any(m.observer is not None for m in self._moes) or any(a.return_last_attn for a in self._attns))
 
     def _capture(self, B: int, kv: int):
         dev = self.model.device
-        tok = torch.zeros(B, 1, dtype=torch.long, device=dev)
-        pos = torch.full((B, 1), self.cache_len - 1, dtype=torch.long, device=dev)
+        inputs = torch.zeros(2, B, 1, dtype=torch.long, device=dev)  # [tokens; positions]
+        inputs[1] = self.cache_len - 1
+        tok, pos = inputs[0], inputs[1]
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
@@ -68,7 +71,7 @@ class DecodeGraphs:
         with torch.cuda.graph(g, pool=self.pool):
             logits = self.fn(tok, pos, None, kv_len=kv)[:, -1]
         self.pool = g.pool()
-        return g, tok, pos, logits
+        return g, inputs, logits
 
     def capture_all(self, batch_sizes: list[int] | None = None, max_pos: int | None = None) -> int:
         """Capture ahead of time (warm-up) for the given batch sizes up to `max_pos`; returns how many."""
@@ -97,12 +100,13 @@ class DecodeGraphs:
                 log.warning("decode graph capture for batch %d, kv %d failed (%s); running eager", B, kv, e)
                 self.failed.add(key)
                 return None
-        g, tok_buf, pos_buf, logits = self.graphs[key]
-        host_tok = [0] * B
-        host_pos = [self.cache_len - 1] * B
+        g, inputs, logits = self.graphs[key]
+        host = [[0] * B, [self.cache_len - 1] * B]  # [tokens; positions], parked rows by default
         for s, t, p in zip(slots, tokens, pos, strict=True):
-            host_tok[s], host_pos[s] = t, p
-        tok_buf.copy_(torch.tensor(host_tok, dtype=torch.long)[:, None], non_blocking=True)
-        pos_buf.copy_(torch.tensor(host_pos, dtype=torch.long)[:, None], non_blocking=True)
+            host[0][s], host[1][s] = t, p
+        inputs.copy_(torch.tensor(host, dtype=torch.long)[:, :, None], non_blocking=True)  # one copy
         g.replay()
+        n = len(slots)
+        if slots == list(range(n)):
+            return logits[:n]
         return logits[torch.tensor(slots, device=logits.device)]

@@ -10,6 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from llm.cuda_graphs import DecodeGraphs  # noqa: E402
 from llm.engine import Engine, PromptTooLongError, SamplingParams  # noqa: E402
 
 PROMPTS = ["turn the lights on", "what time is it? set a timer for ten", "open", "stop the music in the kitchen"]
@@ -197,3 +198,43 @@ def test_step_in_one_thread_while_others_add_and_abort(checkpoints):
             assert finished[f"r{k}"] == "length"
             assert got[f"r{k}"] == hf_greedy(hf, ids[k % 4], 10)
     assert not eng.has_unfinished() and eng.num_running == 0
+
+
+class _EagerReplay:
+    def __init__(self, fn):
+        self.replay = fn
+
+
+class _GraphsReplayedEagerly(DecodeGraphs):
+    """DecodeGraphs' bucketing, parking and slot bookkeeping, with the CUDA graph replaced by a call."""
+
+    def _capture(self, B, kv):
+        inputs = torch.zeros(2, B, 1, dtype=torch.long)
+        inputs[1] = self.cache_len - 1
+        out = torch.empty(B, self.model.args.vocab_size)
+
+        def run():
+            out.copy_(self.fn(inputs[0], inputs[1], None, kv_len=kv)[:, -1])
+
+        return _EagerReplay(run), inputs, out
+
+
+@pytest.mark.parametrize("arch", ["llama", "olmoe"])
+def test_decode_graph_bookkeeping_parks_rows_and_matches_transformers(checkpoints, arch):
+    path, hf = checkpoints[arch]
+    eng = Engine.from_pretrained(path, max_batch_size=4, max_context=300)
+    eng.graphs = _GraphsReplayedEagerly(eng.model, 4, eng.cache_len)
+    ids = [eng.tokenizer.encode(p) for p in PROMPTS]
+    refs = [hf_greedy(hf, i, 12) for i in ids]
+    got: dict[str, list[int]] = {}
+    eng.add_request("short", ids[0], SamplingParams(max_tokens=2, ignore_eos=True))
+    eng.add_request("b", ids[1], SamplingParams(max_tokens=12, ignore_eos=True))
+    steps = 0
+    while eng.has_unfinished():
+        if steps == 4:  # slot 0 is free again: "c" takes it while "b" decodes in slot 1
+            eng.add_request("c", ids[3], SamplingParams(max_tokens=12, ignore_eos=True))
+        for o in eng.step():
+            got.setdefault(o.request_id, []).extend(o.new_token_ids)
+        steps += 1
+    assert got["short"] == refs[0][:2] and got["b"] == refs[1] and got["c"] == refs[3]
+    assert {b for b, _ in eng.graphs.graphs} >= {2} and {k for _, k in eng.graphs.graphs} == {256}
