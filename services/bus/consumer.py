@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 from redis.exceptions import ResponseError
 from wakeline.v1 import bus_pb2
 
@@ -27,6 +27,8 @@ HANDLED = Counter("wakeline_bus_handled_total", "Envelopes handled and acked", [
 DUPLICATES = Counter("wakeline_bus_duplicates_total", "Redeliveries skipped by envelope id", ["kind"])
 FAILURES = Counter("wakeline_bus_handler_failures_total", "Handler exceptions", ["kind"])
 DEAD = Counter("wakeline_bus_dead_letters_total", "Envelopes moved to the dead-letter stream", ["kind"])
+QUEUE_LATENCY = Histogram("wakeline_bus_queue_latency_seconds", "Publish to handler start (first delivery)", ["kind"],
+                          buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30))
 
 # For a batch of messages: those whose envelope id is not yet in the done-set (nor earlier in the
 # batch) get their outputs published and their id added; all are acked. Bulk ZMSCORE/ZADD/XACK keep
@@ -239,6 +241,7 @@ class _Consumer:
         scores = await self.bus.redis.zmscore(self.done_key, [f.get(F_ID, b"") for _, f in entries])
         acks = list(stale)
         seen = set(self._in_flight.values())
+        latency, now_ns = QUEUE_LATENCY.labels(self.kind), time.time_ns()
         inline = []
         for (mid, fields), score in zip(entries, scores, strict=True):
             eid = fields.get(F_ID, b"")
@@ -257,6 +260,8 @@ class _Consumer:
                 self._dead.append((mid, fields, n, f"malformed envelope: {e}"))
                 continue
             seen.add(eid)
+            if n == 1 and fields.get(F_TS, b"").isdigit():
+                latency.observe(max(0.0, (now_ns - int(fields[F_TS])) / 1e9))
             self._in_flight[mid] = eid
             if self.concurrency == 1:
                 inline.append((mid, eid, msg, n, fields))

@@ -181,7 +181,7 @@ def test_poison_and_malformed_messages_are_dead_lettered(redis_url, tmp_path, ca
         poison = event(0, eid="poison-1")
         evs = [event(i) for i in range(1, 10)]
         await prod.publish_events([evs[0], poison, *evs[1:]])
-        await bus.redis.xadd(bus.keys.events, {b"id": b"junk-1", b"type": b"Garbage", b"data": b"\x00"})
+        await bus.redis.xadd(bus.keys.events, {b"id": b"junk-1", b"type": b"Garbage", b"data": b"\x00", b"ts": b"x"})
         tries = []
 
         async def handle(ev):
