@@ -162,6 +162,18 @@ class Engine:
         with self._lock:
             return bool(self._live or self._aborts or self._aborted_out)
 
+    @torch.inference_mode()
+    def warmup(self, batch_sizes: list[int] | None = None, max_pos: int | None = None) -> int:
+        """Capture (and with compile=True, compile) decode graphs now rather than on first use.
+
+        Args: batch_sizes: running-batch sizes to prepare (None: every bucket); max_pos: the
+        longest sequence to prepare for (None: the whole context). Returns graphs captured.
+        """
+        if self.graphs is None:
+            return 0
+        with self._step_lock:
+            return self.graphs.capture_all(batch_sizes, max_pos)
+
     @property
     def num_running(self) -> int:
         return len(self._running)
