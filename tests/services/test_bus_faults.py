@@ -27,7 +27,7 @@ async def main(url, name):
     cons = EventConsumer(bus, "llm", name, concurrency=4)
 
     async def handle(ev):
-        await asyncio.sleep(0.004)
+        await asyncio.sleep(0.008)
         return bus_pb2.Answer(answer_id=ev.event_id + ":answer", event_id=ev.event_id, edge_node=ev.edge_node)
 
     await cons.run(handle)
