@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NMAX = 20  # longest keyword, in phonemes (SLiCK: keywords are length-constrained)
+NMAX = 20  # longest keyword trained on, in phonemes (SLiCK: keywords are length-constrained)
+MAX_PHONES = 2 * NMAX  # enrollable at serving: the matcher is per-phoneme + pooled, so it extrapolates
 LMAX = 12  # longest phoneme segment, in 20 ms frames
 CTC_FLOOR = -10.0
 N_FEAT = 4
@@ -149,8 +150,8 @@ def keyword_rows(table: np.ndarray, phoneme_ids: list[list[int]], width: int | N
     """
     k = len(phoneme_ids)
     for p in phoneme_ids:
-        if not 1 <= len(p) <= NMAX:
-            raise ValueError(f"keyword has {len(p)} phonemes; supported 1..{NMAX}")
+        if not p:
+            raise ValueError("keyword has no phonemes")
     width = width or max(len(p) for p in phoneme_ids)
     q = np.zeros((k, width, table.shape[1]), np.float32)
     ids = np.zeros((k, width), np.int64)

@@ -17,7 +17,7 @@ import numpy as np
 
 from edge.confusable import confusables
 from edge.features import FeatureConfig, LogMel, StreamingLogMel, StreamResampler, check_rate, resample
-from edge.scoring import NMAX, MatcherWeights, keyword_rows, score_frames
+from edge.scoring import MAX_PHONES, NMAX, MatcherWeights, keyword_rows, score_frames
 from edge.stream import Stream
 
 CHUNK_FRAMES = 10  # feature frames per decode step: 100 ms
@@ -129,8 +129,11 @@ class Spotter:
             self._enrolled[key] = kw
         return kw
 
-    def phoneme_ids(self, text: str) -> list[int]:
-        """Text -> flat phoneme ids (no threshold calibration). Raises ValueError on bad text."""
+    def phoneme_ids(self, text: str, limit: int | None = MAX_PHONES) -> list[int]:
+        """Text -> flat phoneme ids (no threshold calibration). Raises ValueError on bad text.
+
+        `limit` caps the length of streaming keywords; pair verification passes None (any length).
+        """
         key = " ".join(text.lower().split()) if isinstance(text, str) else text
         hit = self._enrolled.get(key)
         if hit is not None:
@@ -138,8 +141,8 @@ class Spotter:
         if not isinstance(text, str) or not text.strip():
             raise ValueError("keyword text is empty")
         phones = [p for w in self.phonemizer.phonemize(text) for p in w]
-        if len(phones) > NMAX:
-            raise ValueError(f"keyword {text!r} has {len(phones)} phonemes; at most {NMAX} are supported")
+        if limit is not None and len(phones) > limit:
+            raise ValueError(f"keyword {text!r} has {len(phones)} phonemes; at most {limit} are supported")
         return [self._pid[p] for p in phones]
 
     def _pseudo_frames(self, ids: list[int], per_phone: int = 4, pad: int = 3):
@@ -157,7 +160,7 @@ class Spotter:
 
     def _calibrate(self, ids: list[int]) -> float:
         """Threshold above the scores this keyword gets on replayed confusable texts."""
-        conf = confusables(ids, CALIBRATION_TEXTS, seed=len(ids) * 7919 + sum(ids), max_len=NMAX)
+        conf = confusables(ids, CALIBRATION_TEXTS, seed=len(ids) * 7919 + sum(ids), max_len=MAX_PHONES)
         if not conf:
             return self.default_threshold
         frames = [self._pseudo_frames(c) for c in conf]
@@ -228,7 +231,7 @@ class Spotter:
         emb, logp = self.encode(np.concatenate([pad, x, pad]))
         if len(emb) == 0:
             return [0.0] * len(texts)
-        q, qi, mask, n = keyword_rows(self.table_emb, [self.phoneme_ids(t) for t in texts])
+        q, qi, mask, n = keyword_rows(self.table_emb, [self.phoneme_ids(t, limit=None) for t in texts])
         return [float(v) for v in score_frames(self.matcher, q, qi, mask, n, emb, logp).max(axis=1)]
 
     def new_resampler(self, sample_rate: int) -> StreamResampler:
