@@ -78,6 +78,7 @@ class Outbound(NamedTuple):
     message: object
 
 
+_READ_AHEAD_S = 0.05
 _COMMIT_BATCH = 1000  # bounded by Lua's unpack() stack
 
 Handler = Callable[[object], Awaitable[object]]
@@ -105,6 +106,7 @@ class _Consumer:
         self._progress = asyncio.Event()
         self._stopping = False
         self._claim_cursor: bytes | str = "0-0"
+        self._handler_s: float | None = None  # moving average of handler run time
         self.handled = self.duplicates = self.dead_lettered = self.failures = 0
 
     def stop(self) -> None:
@@ -201,7 +203,14 @@ class _Consumer:
 
     def _free(self) -> int:
         if self.concurrency == 1:
-            return self.cfg.read_count if len(self._in_flight) < 4 * self.cfg.read_count else 0
+            if len(self._in_flight) >= 4 * self.cfg.read_count:
+                return 0  # the committer is behind
+            # Read ahead only what the handler gets through in ~_READ_AHEAD_S: fast handlers get big
+            # batches (throughput), slow ones one message at a time, so that they do not hold
+            # messages that idle peers of the group could be handling.
+            if self._handler_s is None:
+                return 1
+            return max(1, min(self.cfg.read_count, int(_READ_AHEAD_S / max(self._handler_s, 1e-7))))
         return min(self.cfg.read_count, self.concurrency - len(self._tasks))
 
     async def _wait_capacity(self) -> int:
@@ -283,9 +292,12 @@ class _Consumer:
         self._progress.set()
 
     async def _handle(self, mid: bytes, eid: bytes, msg, deliveries: int, fields) -> None:
+        t0 = time.perf_counter()
         try:
             out = await self._handler(msg)
             outputs = self._outputs(out)
+            dt = time.perf_counter() - t0
+            self._handler_s = dt if self._handler_s is None else 0.8 * self._handler_s + 0.2 * dt
         except asyncio.CancelledError:
             raise
         except Exception as e:

@@ -448,3 +448,28 @@ def test_streams_are_capped(redis_url, tmp_path):
         await bus.close()
 
     asyncio.run(main())
+
+
+def test_slow_handlers_share_the_load(redis_url, tmp_path):
+    """Consumers with slow handlers read one message at a time, so an idle peer gets work."""
+
+    async def main():
+        bus = await open_bus(cfg(redis_url, tmp_path))
+        await EventProducer(bus).publish_events([event(i) for i in range(20)])
+        by: dict[str, int] = {"a": 0, "b": 0}
+
+        def handler(name):
+            async def handle(ev):
+                by[name] += 1
+                await asyncio.sleep(0.05)
+            return handle
+
+        a, b = EventConsumer(bus, "llm", "a"), EventConsumer(bus, "llm", "b")
+        ta = asyncio.create_task(a.run(handler("a")))
+        await consume_until(b, handler("b"), lambda: a.handled + b.handled == 20, timeout=10)
+        a.stop()
+        await ta
+        assert min(by.values()) >= 5, by
+        await bus.close()
+
+    asyncio.run(main())
