@@ -33,6 +33,9 @@ API::
     # messages at once (others would wait for the visibility timeout). A new group starts at
     # start_id="0" (the whole stream); pass start_id="$" to see only new events.
     # Outbound(stream, message) sends a returned message to an explicit stream of this namespace.
+    # concurrency=1 handles messages one after the other, reading ahead only what the handler gets
+    # through in ~50 ms (slow handlers: one at a time, so idle peers of the group get work);
+    # concurrency=N runs up to N handlers at once and never holds more than N unacked messages.
 
     await ReplyProducer(bus).publish_answer(answer)          # to answer.edge_node's reply stream; without
                                                               # spool_dir an outage raises to the caller
