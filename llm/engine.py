@@ -85,6 +85,8 @@ class Engine:
         self.model, self.tokenizer = model, tokenizer
         self.device = model.device
         limit = model.args.max_position_embeddings
+        if model.args.sliding_window:  # within the window, full attention is exact
+            limit = min(limit, model.args.sliding_window)
         self.max_context = min(max_context or min(limit, 8192), limit)
         self.max_batch_size = max_batch_size
         self.max_prefill_tokens_per_step = max_prefill_tokens_per_step

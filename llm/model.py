@@ -59,6 +59,7 @@ class ModelArgs:
     clip_qkv: float | None = None
     moe: MoEArgs | None = None
     moe_layers: list[int] = field(default_factory=list)  # which layers are MoE (others dense)
+    sliding_window: int | None = None  # not implemented: the engine caps its context at it instead
 
     @classmethod
     def from_hf_config(cls, cfg: dict) -> ModelArgs:
@@ -99,6 +100,9 @@ class ModelArgs:
             rope_scaling=None if rtype == "default" else {**rope, "rope_type": rtype},
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         )
+        sw = cfg.get("sliding_window")
+        if sw and (mt in ("mistral", "mixtral") or cfg.get("use_sliding_window")):
+            args.sliding_window = int(sw)
         if mt == "llama":
             args.attention_bias = args.o_bias = bool(cfg.get("attention_bias", False))
             args.mlp_bias = bool(cfg.get("mlp_bias", False))

@@ -145,3 +145,16 @@ def test_incremental_detokenizer_streams_exactly_the_full_text(llama_dir):
         deltas = [det.add([i]) for i in ids]
         assert "".join(deltas) == tok.decode(ids) == det.text
         assert not any("\ufffd" in d for d in deltas)
+
+
+def test_sliding_window_caps_the_engine_context(llama_dir):
+    from llm.engine import Engine
+    from llm.loader import load_config
+
+    cfg = load_config(llama_dir)
+    assert ModelArgs.from_hf_config({**cfg, "architectures": ["MistralForCausalLM"], "sliding_window": 64}).sliding_window == 64
+    assert ModelArgs.from_hf_config({**cfg, "architectures": ["Qwen2ForCausalLM"], "sliding_window": 64,
+                                     "use_sliding_window": False}).sliding_window is None
+    model, _ = load_model(llama_dir)
+    model.args.sliding_window = 48
+    assert Engine(model, None, max_context=400).max_context == 48
