@@ -35,7 +35,7 @@ API::
     # Outbound(stream, message) sends a returned message to an explicit stream of this namespace.
     # concurrency=1 handles messages one after the other, reading ahead only what the handler gets
     # through in ~50 ms (slow handlers: one at a time, so idle peers of the group get work);
-    # concurrency=N runs up to N handlers at once and never holds more than N unacked messages.
+    # concurrency=N runs up to N handlers at once and reads only as many messages as it has free slots.
 
     await ReplyProducer(bus).publish_answer(answer)          # to answer.edge_node's reply stream; without
                                                               # spool_dir an outage raises to the caller
