@@ -11,7 +11,7 @@ RUN apt-get update -qq \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
 # a TLS-intercepting proxy's CA, when the build host needs one (docker/wheelhouse/extra-ca.crt)
-COPY docker/wheelhouse/ /tmp/wheelhouse/
+COPY docker/wheelhouse/README.md docker/wheelhouse/extra-ca.cr[t] /tmp/wheelhouse/
 RUN if [ -f /tmp/wheelhouse/extra-ca.crt ]; then \
       cp /tmp/wheelhouse/extra-ca.crt /usr/local/share/ca-certificates/extra-ca.crt && update-ca-certificates; \
     fi; rm -rf /tmp/wheelhouse
