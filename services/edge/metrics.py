@@ -32,6 +32,11 @@ class EdgeMetrics:
             "wakeline_edge_chunk_latency_seconds", "Chunk received -> decoded, including queueing",
             ["node"], registry=r, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         ).labels(**labels)
+        self.realtime_lag = Gauge(
+            "wakeline_edge_realtime_lag_seconds",
+            "Smoothed lag of decoded device audio behind the wall clock (new streams refused above the limit)",
+            ["node"], registry=r,
+        ).labels(**labels)
         self.detections = Counter("wakeline_edge_detections", "Keyword detections", ["node"], registry=r).labels(**labels)
         self.events_published = Counter(
             "wakeline_edge_events_published", "KeywordEvents handed to the bus producer", ["node"], registry=r

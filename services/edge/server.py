@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -39,14 +40,26 @@ class ServiceLimits:
 
 
 class LagGauge:
-    """Smoothed chunk lag (received -> decoded). Above the limit the node is behind real time, and
-    taking more streams would only make every stream later: new streams are then refused."""
+    """Smoothed lag of device audio behind the wall clock, over all streams. Above the limit the
+    node is behind real time, and taking more streams would only make every stream later: new
+    streams are then refused."""
 
-    def __init__(self, limit_s: float, alpha: float = 0.05) -> None:
-        self.limit_s, self.alpha, self.value = limit_s, alpha, 0.0
+    def __init__(self, limit_s: float, alpha: float = 0.05, idle_s: float = 1.0) -> None:
+        self.limit_s, self.alpha, self.idle_s = limit_s, alpha, idle_s
+        self._value, self._t = 0.0, time.monotonic()
 
-    def observe(self, lag_s: float) -> None:
-        self.value += self.alpha * (lag_s - self.value)
+    def observe(self, lag_s: float, now: float | None = None) -> None:
+        self._value = self.value_at(now) + self.alpha * (lag_s - self.value_at(now))
+        self._t = time.monotonic() if now is None else now
+
+    def value_at(self, now: float | None = None) -> float:
+        """The smoothed lag, decaying once no chunk was decoded for `idle_s` (no work, no backlog)."""
+        idle = (time.monotonic() if now is None else now) - self._t
+        return self._value if idle <= self.idle_s else self._value * math.exp(-(idle - self.idle_s) / self.idle_s)
+
+    @property
+    def value(self) -> float:
+        return self.value_at()
 
     @property
     def overloaded(self) -> bool:
@@ -84,6 +97,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         self.model_rate = 16000
         self._active = 0
         self.lag = LagGauge(limits.overload_lag_s)
+        metrics.realtime_lag.set_function(lambda: self.lag.value)
         if spotter is not None:
             self.set_spotter(spotter)
 
@@ -174,8 +188,16 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         """Consume the device's messages until it half-closes; report the first error as a status."""
         loop = asyncio.get_running_loop()
         last_seq = None
+        anchor = None  # wall time at which this device's audio clock read 0, while caught up
+        last_dur = 0.0
         try:
-            async for req in it:
+            while True:
+                t_wait = time.perf_counter()
+                try:
+                    req = await it.__anext__()
+                except StopAsyncIteration:
+                    break
+                t_recv = time.perf_counter()
                 kind = req.WhichOneof("msg")
                 if kind == "audio":
                     seq = req.audio.seq
@@ -183,10 +205,19 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                         if last_seq is not None and seq != last_seq + 1:
                             raise AudioError(f"audio seq {seq} after {last_seq}: chunks were lost or repeated")
                         last_seq = seq
-                    t_recv = time.perf_counter()
+                    if anchor is None or t_recv - t_wait > 0.5 * last_dur:
+                        # We waited for this chunk about as long as the audio it follows lasts, so
+                        # nothing is queued behind us (this also forgives pauses of devices that
+                        # only send while someone speaks).
+                        anchor = t_recv - decoder.seconds
+                    before = decoder.seconds
                     samples = decoder.decode(req.audio.data)
+                    last_dur = decoder.seconds - before
                     if samples.size:
                         await self._decode(session, loop, decoder, samples, t_recv)
+                        # Chunks queued in gRPC's buffers while we decode show up here as audio
+                        # falling behind the wall clock; the chunk latency cannot see them.
+                        self.lag.observe(max(0.0, time.perf_counter() - anchor - decoder.seconds))
                 elif kind == "update":
                     await self._update(session, req.update)
                 elif kind == "config":
@@ -216,9 +247,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                     self.executor, self.book.process, session.stream, decoder.out_rate, samples)
         if samples is not None:
             self.metrics.processed(samples.size / decoder.out_rate, compute_s)
-            lag = time.perf_counter() - t_recv
-            self.metrics.chunk_latency.observe(lag)
-            self.lag.observe(lag)
+            self.metrics.chunk_latency.observe(time.perf_counter() - t_recv)
         for det in dets:
             self._detected(session, det)
 

@@ -187,6 +187,11 @@ def test_lag_gauge_flags_sustained_lag_only():
     for _ in range(100):
         off.observe(100.0)
     assert not off.overloaded
+    # no decoding at all for a while: whatever backlog there was is gone
+    idle = LagGauge(1.0, idle_s=1.0)
+    for _ in range(100):
+        idle.observe(5.0, now=100.0)
+    assert idle.value_at(100.5) > 4.0 and idle.value_at(110.0) < 0.01
 
 
 def test_cli_flags_are_settings_and_bad_model_dir_fails_cleanly(tmp_path):
