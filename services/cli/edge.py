@@ -34,14 +34,14 @@ def _serve(args) -> int:
     overrides = {k: getattr(args, k) for k in _FLAGS if getattr(args, k) is not None}
     if args.no_metrics:
         overrides["metrics_port"] = None
-    settings = EdgeSettings(**overrides)
-    if settings.processes > 1:
-        from services.edge.supervisor import serve_processes
-
-        return serve_processes(settings)
     try:
+        settings = EdgeSettings(**overrides)
+        if settings.processes > 1:
+            from services.edge.supervisor import serve_processes
+
+            return serve_processes(settings)
         asyncio.run(EdgeNode(settings).run())
-    except (FileNotFoundError, ValueError, RuntimeError) as e:  # model, TLS or bus set-up
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # settings, model, TLS or bus set-up
         logging.getLogger("services.edge").error("edge node failed to start: %s", e)
         return 1
     return 0
