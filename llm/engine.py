@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from llm.cuda_graphs import DecodeGraphs
+from llm.cuda_graphs import DecodeGraphs, PrefillGraphs
 from llm.model import Transformer
 from llm.sampling import SamplingParams, sample
 from llm.tokenizer import IncrementalDetokenizer, Tokenizer
@@ -74,12 +74,14 @@ class Engine:
     positions per slot (default min(model's max positions, 8192)); max_prefill_tokens_per_step:
     the chunked-prefill budget; cuda_graphs: replay captured decode steps (None: on for CUDA);
     compile: torch.compile the captured decode step (CUDA graphs only; compiles per shape bucket);
+    prefill_graphs: also replay captured prefills of padded length buckets (CUDA graphs only);
     detokenize: fill `RequestOutput.text` and honour stop strings.
     """
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer | None = None, *, max_batch_size: int = 32,
                  max_context: int | None = None, max_prefill_tokens_per_step: int = 2048,
-                 cuda_graphs: bool | None = None, compile: bool = False, detokenize: bool = True):
+                 cuda_graphs: bool | None = None, compile: bool = False, prefill_graphs: bool = False,
+                 detokenize: bool = True):
         if max_batch_size < 1 or max_prefill_tokens_per_step < 1:
             raise ValueError("max_batch_size and max_prefill_tokens_per_step must be >= 1")
         self.model, self.tokenizer = model, tokenizer
@@ -97,6 +99,7 @@ class Engine:
         model.setup_caches(max_batch_size, self.cache_len)
         use_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         self.graphs = DecodeGraphs(model, max_batch_size, self.cache_len, compile=compile) if use_graphs else None
+        self.prefill_graphs = PrefillGraphs(model, self.cache_len) if use_graphs and prefill_graphs else None
         self._lock = threading.Lock()  # guards the hand-over lists below
         self._step_lock = threading.RLock()  # held for a whole step
         self._incoming: list[_Request] = []
@@ -241,6 +244,11 @@ class Engine:
 
     def _prefill(self, r: _Request, n: int) -> torch.Tensor:
         start = r.computed
+        if start == 0 and self.prefill_graphs is not None:
+            logits = self.prefill_graphs.run(r.slot, r.prompt[:n])
+            if logits is not None:
+                r.computed += n
+                return logits
         tokens = torch.tensor([r.prompt[start:start + n]], device=self.device)
         pos = torch.arange(start, start + n, device=self.device)[None]
         slots = torch.tensor([r.slot], device=self.device)

@@ -328,13 +328,15 @@ class Transformer(nn.Module):
             layer.attention.last_attn = None
 
     def forward(self, tokens: Tensor, input_pos: Tensor, slots: Tensor | None = None,
-                kv_len: int | None = None, fresh: bool = False, last_only: bool = False) -> Tensor:
+                kv_len: int | None = None, fresh: bool = False, last_only: bool = False,
+                logits_index: Tensor | None = None) -> Tensor:
         """Logits for `tokens` [B, S] at positions `input_pos` [B, S].
 
         `slots` [B] picks each row's KV-cache slot (None: row b uses slot b); keys up to `kv_len`
         are attended (None: the whole cache). `fresh`: every row is a whole prompt starting at
         position 0 (plain causal attention, no cache read). `last_only`: logits of the last
-        position only ([B, 1, V]), which is what prefill needs.
+        position only ([B, 1, V]), which is what prefill needs; `logits_index` [B]: logits of that
+        position of each row instead ([B, 1, V]; a padded prompt's last real token).
         """
         if self.max_seq == 0:
             raise RuntimeError("call setup_caches() before forward()")
@@ -345,6 +347,8 @@ class Transformer(nn.Module):
         x = self.tok_embeddings(tokens)  # [B, S, dim]
         for layer in self.layers:
             x = layer(x, cos, sin, input_pos, slots, kv_len, fresh)
-        if last_only:
+        if logits_index is not None:
+            x = x.gather(1, logits_index.view(-1, 1, 1).expand(-1, 1, x.shape[-1]))
+        elif last_only:
             x = x[:, -1:]
         return self.output(self.norm(x)).float()  # [B, S, V]

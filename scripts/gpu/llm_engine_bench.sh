@@ -4,6 +4,7 @@
 # shaped checkpoint and the default models if present, then the 1B again with torch.compile'd
 # decode graphs. Needs no extra wheels. About 5 minutes (at most 9: tests 120 s + bench 420 s).
 #   bash scripts/gpu/llm_engine_bench.sh             # on the GPU machine, writes $OUT/llm_engine_bench/
+#   QUICK=1 bash scripts/gpu/llm_engine_bench.sh     # shorter (~3 min): 1B + MoE default, batch 1 and 8
 #   SMOKE=1 OUT=/tmp/o bash scripts/gpu/llm_engine_bench.sh   # tiny shapes, CPU, to test the script
 set -uo pipefail
 NAME=llm_engine_bench
@@ -20,6 +21,10 @@ LOG="$OUT_DIR/log.txt"
 
 if [ "${SMOKE:-0}" = "1" ]; then
   ARGS=(--smoke --device cpu --models random-dense random-moe --batches 1,4 --prompt-lens 64,256 --gen 16 --reps 1 --compile random-dense)
+  TEST_TIMEOUT=120
+elif [ "${QUICK:-0}" = "1" ]; then  # second, shorter run: the 1B and the MoE default, batch 1 and 8
+  ARGS=(--device cuda --models random-1b models/llm/moe --batches 1,8
+        --prompt-lens 1024,8192 --gen 128 --reps 3 --compile random-1b)
   TEST_TIMEOUT=120
 else
   ARGS=(--device cuda --models random-1b models/llm/dense models/llm/moe --batches 1,8,32

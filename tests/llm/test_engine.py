@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from llm.cuda_graphs import DecodeGraphs  # noqa: E402
+from llm.cuda_graphs import DecodeGraphs, PrefillGraphs  # noqa: E402
 from llm.engine import Engine, PromptTooLongError, SamplingParams  # noqa: E402
 
 PROMPTS = ["turn the lights on", "what time is it? set a timer for ten", "open", "stop the music in the kitchen"]
@@ -238,3 +238,29 @@ def test_decode_graph_bookkeeping_parks_rows_and_matches_transformers(checkpoint
         steps += 1
     assert got["short"] == refs[0][:2] and got["b"] == refs[1] and got["c"] == refs[3]
     assert {b for b, _ in eng.graphs.graphs} >= {2} and {k for _, k in eng.graphs.graphs} == {256}
+
+
+class _PrefillReplayedEagerly(PrefillGraphs):
+    """PrefillGraphs' padding and buffers, with the CUDA graph replaced by a call."""
+
+    def _capture(self, L):
+        tok = torch.zeros(1, L, dtype=torch.long)
+        slot, last = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+        out = torch.empty(1, self.model.args.vocab_size)
+
+        def run():
+            pos = torch.arange(L)[None]
+            out.copy_(self.model(tok, pos, slot, kv_len=L, fresh=True, logits_index=last)[:, 0])
+
+        return _EagerReplay(run), tok, slot, last, out
+
+
+@pytest.mark.parametrize("arch", ["llama", "mixtral"])
+def test_padded_prefill_graphs_give_the_same_tokens(checkpoints, arch):
+    path, hf = checkpoints[arch]
+    eng = Engine.from_pretrained(path, max_batch_size=4, max_context=300, max_prefill_tokens_per_step=10)
+    eng.prefill_graphs = _PrefillReplayedEagerly(eng.model, eng.cache_len, min_len=8)
+    ids = [eng.tokenizer.encode(p) for p in PROMPTS]  # 16 tokens: a padded first chunk, then eager
+    sp = SamplingParams(max_tokens=10, ignore_eos=True)
+    assert eng.generate_ids(ids, sp) == [hf_greedy(hf, i, 10) for i in ids]
+    assert set(eng.prefill_graphs.graphs) == {8, 16}

@@ -47,3 +47,14 @@ def test_bf16_greedy_mostly_matches_fp32(checkpoints):
     sp = SamplingParams(max_tokens=8, ignore_eos=True)
     a, b = e32.generate_ids(ids, sp), e16.generate_ids(ids, sp)
     assert sum(x[0] == y[0] for x, y in zip(a, b, strict=True)) >= 3
+
+
+@pytest.mark.parametrize("arch", ["llama", "mixtral"])
+def test_prefill_graphs_match_eager_prefill(checkpoints, arch):
+    path, hf = checkpoints[arch]
+    eng = Engine.from_pretrained(path, device="cuda", dtype="fp32", max_batch_size=4, prefill_graphs=True,
+                                 max_prefill_tokens_per_step=10)
+    ids = [eng.tokenizer.encode(p) for p in PROMPTS]
+    got = eng.generate_ids(ids, SamplingParams(max_tokens=10, ignore_eos=True))
+    assert eng.prefill_graphs.graphs, "no prefill graph was captured"
+    assert got == [hf_greedy(hf, i, 10) for i in ids]
