@@ -105,7 +105,10 @@ class Lexicon:
 
     def warmup(self) -> Lexicon:
         """Build the wide (all of CMUdict) neighbour index and the OOV model now, e.g. before forking."""
-        self._wide_index()
+        wide = self._wide_index()
+        for n in range(1, 16):
+            wide._exact_index(n)
+            wide._del_index(n)
         self.ph.warmup()
         return self
 
@@ -162,19 +165,47 @@ class Lexicon:
 
 
 class _NeighbourIndex:
-    """Words whose pronunciation is 1 (else 2) phoneme edits from a query (symmetric deletion)."""
+    """Words whose pronunciation is 1 (else 2) phoneme edits from a query (symmetric deletion).
+
+    Indexed lazily per pronunciation length: a query of length L only needs the exact
+    pronunciations of length L-1 and the one-deletion keys of lengths L and L+1.
+    """
 
     def __init__(self, vocab: dict[str, tuple[str, ...]]):
         self.vocab = vocab
-        self.by_key: dict[tuple[str, ...], set[str]] = defaultdict(set)
+        self.by_len: dict[int, list[str]] = defaultdict(list)
         for w, p in vocab.items():
-            self.by_key[p].add(w)
-            for i in range(len(p)):
-                self.by_key[p[:i] + p[i + 1:]].add(w)
+            self.by_len[len(p)].append(w)
+        self._exact: dict[int, dict] = {}
+        self._dels: dict[int, dict] = {}
+
+    def _exact_index(self, n: int) -> dict:
+        if n not in self._exact:
+            idx = defaultdict(set)
+            for w in self.by_len.get(n, []):
+                idx[self.vocab[w]].add(w)
+            self._exact[n] = idx
+        return self._exact[n]
+
+    def _del_index(self, n: int) -> dict:
+        if n not in self._dels:
+            idx = defaultdict(set)
+            for w in self.by_len.get(n, []):
+                p = self.vocab[w]
+                for i in range(n):
+                    idx[p[:i] + p[i + 1:]].add(w)
+            self._dels[n] = idx
+        return self._dels[n]
 
     def near(self, pron: tuple[str, ...], exclude: str = "") -> list[str]:
-        keys = [pron] + [pron[:i] + pron[i + 1:] for i in range(len(pron))]
-        cands = set().union(*(self.by_key.get(k, set()) for k in keys)) - {exclude}
+        n = len(pron)
+        dels = {pron[:i] + pron[i + 1:] for i in range(n)}
+        cands: set[str] = set()
+        shorter, same, longer = self._exact_index(n - 1), self._del_index(n), self._del_index(n + 1)
+        for k in dels:
+            cands |= shorter.get(k, set()) | same.get(k, set())
+        cands |= longer.get(pron, set())
+        cands.discard(exclude)
         by_d: dict[int, list[str]] = defaultdict(list)
         for c in cands:
             d = edit_distance(list(pron), list(self.vocab[c]))
