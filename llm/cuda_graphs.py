@@ -161,6 +161,8 @@ class PrefillGraphs:
         L = min((b for b in self.buckets if b >= n), default=None)
         if L is None or not self._capturable(L) or self.model.layers[0].attention.return_last_attn:
             return None
+        if any(m.observer is not None for m in self._moes):  # a replay would not call it
+            return None
         if L not in self.graphs:
             self.graphs[L] = self._capture(L)
         g, tok, slot_buf, last, logits = self.graphs[L]
