@@ -19,17 +19,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-MODES = ("exact", "one_shot", "two_shot", "naive_int4")
+MODES = ("exact", "one_shot", "two_shot", "naive_int4", "one_shot_g32")
 
 
 def _quantizer(mode: str, cal):
+    """exact | one_shot | two_shot | naive_int4 (no outliers), optionally suffixed _g<group size>."""
     from llm.parallel.quant_comm import QuantAllReduce, QuantCommConfig
 
     if mode == "exact":
         return None
-    if mode == "naive_int4":
-        return QuantAllReduce(QuantCommConfig(outlier_div=0, min_bytes=0), cal)
-    return QuantAllReduce(QuantCommConfig(mode=mode, min_bytes=0), cal)
+    base, _, g = mode.partition("_g")
+    group = int(g) if g.isdigit() else 128
+    if base == "naive_int4":
+        return QuantAllReduce(QuantCommConfig(outlier_div=0, min_bytes=0, group_size=group), cal)
+    return QuantAllReduce(QuantCommConfig(mode=base, min_bytes=0, group_size=group), cal)
 
 
 @torch.inference_mode()
@@ -58,7 +61,7 @@ def _retrieval(model, tok, filler: np.ndarray, n: int, length: int) -> list[bool
 
 
 def quality_rank(rank: int, world: int, model_dir: str, text: str | None, n_seqs: int, ctx: int,
-                 n_retrieval: int, device: str) -> dict:
+                 n_retrieval: int, device: str, modes: tuple[str, ...] = MODES) -> dict:
     """One rank of the evaluation; every rank returns the same numbers."""
     from llm.parallel import comm
     from llm.parallel.calibrate import load_tp_model, read_text_chunks, record_ranges
@@ -77,7 +80,7 @@ def quality_rank(rank: int, world: int, model_dir: str, text: str | None, n_seqs
                  "eval_tokens": int(n_seqs * (ctx - 1)), "ctx": ctx, "calib_prompts": len(cal_prompts)}
     ref_top1 = None
     ref_hits = None
-    for mode in MODES:
+    for mode in modes:
         q = _quantizer(mode, cal)
         comm.set_quantizer(q)
         nll, top1 = [], []
@@ -101,7 +104,8 @@ def quality_rank(rank: int, world: int, model_dir: str, text: str | None, n_seqs
         out[mode] = row
     comm.set_quantizer(None)
     base = out["exact"]
-    for mode in MODES[1:]:
+    out["modes"] = list(modes)
+    for mode in modes[1:]:
         out[mode]["ppl_ratio"] = out[mode]["ppl"] / base["ppl"]
         if "retrieval_acc" in out[mode] and base.get("retrieval_acc"):
             out[mode]["retrieval_retained"] = out[mode]["retrieval_acc"] / base["retrieval_acc"]
@@ -111,7 +115,7 @@ def quality_rank(rank: int, world: int, model_dir: str, text: str | None, n_seqs
 def print_table(res: dict) -> None:
     print(f"model {res['model']}  TP={res['tp']}  {res['eval_tokens']} eval tokens, {res['device']} {res['dtype']}")
     print(f"{'mode':12s} {'bits':>6s} {'ppl':>9s} {'ratio':>7s} {'top1':>7s} {'retr':>6s}")
-    for m in MODES:
+    for m in res["modes"]:
         r = res[m]
         print(f"{m:12s} {r.get('bits_per_value', 16):6.3f} {r['ppl']:9.3f} {r.get('ppl_ratio', 1):7.4f} "
               f"{r['top1_agreement']:7.2%} {r.get('retrieval_acc', float('nan')):6.2%}")
@@ -126,10 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--retrieval", type=int, default=40)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--modes", default=",".join(MODES), help="exact first; see _quantizer()")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     text = a.text if a.text and os.path.exists(a.text) else None
-    fn_args = (a.model, text, a.seqs, a.ctx, a.retrieval, a.device)
+    fn_args = (a.model, text, a.seqs, a.ctx, a.retrieval, a.device, tuple(a.modes.split(",")))
     if "WORLD_SIZE" in os.environ:  # under torchrun: this process is one rank
         from llm.parallel.state import destroy_tp, init_tp
 
