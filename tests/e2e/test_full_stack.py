@@ -201,9 +201,11 @@ def test_keyword_wav_to_answer_with_the_shipped_models(tmp_path):
                               "lights on", "--target", f"127.0.0.1:{edge_port}", "--json", "--wait", "30",
                               "--device-id", "dev-wav"], cwd=REPO, capture_output=True, text=True, timeout=120)
         lines = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
-        kinds = [ln.get("kind") or ln.get("type") for ln in lines]
-        assert "detection" in kinds, out.stdout + out.stderr
-        assert "answer" in kinds, out.stdout + out.stderr
+        dets = [ln for ln in lines if ln.get("type") == "detection"]
+        answers = [ln for ln in lines if ln.get("type") == "answer"]
+        assert dets and dets[0]["keyword"] == "lights on", out.stdout + out.stderr
+        assert answers, out.stdout + out.stderr
+        assert answers[0]["event_id"] in {d["event_id"] for d in dets} and answers[0].get("text")
     finally:
         up.terminate()
         try:
