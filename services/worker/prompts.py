@@ -5,7 +5,7 @@ A template file (YAML or JSON) looks like::
     system: "You are Wakeline, a voice assistant. Answer in one short sentence."
     max_tokens: 48
     default:
-      user: "The user said '{keyword}' on device {device_id} at {time}. {attributes}"
+      user: "The user said '{keyword}'{in_room} on device {device_id} at {hhmm}."
     keywords:
       lights on:
         system: "You control the lights of the house."
@@ -13,8 +13,10 @@ A template file (YAML or JSON) looks like::
         max_tokens: 24
 
 Fields available to `user` and `system`: keyword, device_id, edge_node, time (local ISO time
-of the detection), score, attributes (rendered "k=v, ..."), attr[<name>] (one attribute; empty
-when absent), event_id, trace_id. Unknown fields render empty instead of failing an event.
+of the detection), hhmm (its local "HH:MM"), score, attributes (rendered "k=v, ..."),
+attr[<name>] (one attribute; empty when absent), in_room (" in the <room>" when the device has a
+`room` attribute, else empty), event_id, trace_id. Unknown fields render empty instead of
+failing an event.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_SYSTEM = ("You are Wakeline, a helpful voice assistant. Answer the user's command in one short, "
-                  "friendly sentence.")
-DEFAULT_USER = "The user said '{keyword}' on device {device_id} at {time}. {attributes}"
+# The default model was trained on exactly this phrasing (llm/train/synth.py, format_keyword_event).
+DEFAULT_SYSTEM = "You are Wakeline, a helpful voice assistant. Answer in one short sentence."
+DEFAULT_USER = "The user said '{keyword}'{in_room} on device {device_id} at {hhmm}."
 
 
 class _Blank(dict):
@@ -103,7 +105,8 @@ class PromptBook:
         attrs = dict(event.attributes)
         when = dt.datetime.fromtimestamp(event.created_unix_ms / 1000 if event.created_unix_ms else 0).astimezone()
         fields = {"keyword": event.keyword, "device_id": event.device_id, "edge_node": event.edge_node,
-                  "time": when.isoformat(timespec="seconds"), "score": f"{event.score:.2f}",
+                  "time": when.isoformat(timespec="seconds"), "hhmm": when.strftime("%H:%M"),
+                  "in_room": f" in the {attrs['room']}" if attrs.get("room") else "", "score": f"{event.score:.2f}",
                   "attributes": ", ".join(f"{k}={v}" for k, v in sorted(attrs.items())),
                   "attr": _Blank(attrs), "event_id": event.event_id, "trace_id": event.trace_id}
         fmt = _Formatter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 
@@ -38,8 +39,10 @@ def test_templates_per_keyword_from_yaml_and_json(tmp_path):
     js.write_text(json.dumps({"keywords": {"x": {"usr": "typo"}}}))
     with pytest.raises(ValueError, match="keywords.x has unknown fields"):
         PromptBook.load(js)
-    default = PromptBook().render(_event("open door", room="hall"))[0]
-    assert "open door" in default[1]["content"] and "room=hall" in default[1]["content"]
+    default = PromptBook().render(_event("open door", device="d-7", room="hall"))[0]
+    assert default[0]["content"].startswith("You are Wakeline")
+    assert re.fullmatch(r"The user said 'open door' in the hall on device d-7 at \d\d:\d\d\.", default[1]["content"])
+    assert "in the" not in PromptBook().render(_event("open door"))[0][1]["content"]
 
 
 @pytest.fixture(scope="module")
