@@ -29,10 +29,10 @@ _T_ATTR = "bench_t_ns"
 
 
 def make_event(i: int, node: str = "edge-bench") -> bus_pb2.KeywordEvent:
-    """A KeywordEvent sized like a real detection (~150 bytes serialized)."""
+    """A KeywordEvent sized like a real detection (~210 bytes serialized, random 128-bit id)."""
     now = time.time()
     return bus_pb2.KeywordEvent(
-        event_id=f"{uuid.uuid4().hex}", trace_id=uuid.uuid4().hex[:16], device_id=f"dev-{i % 97:04d}",
+        event_id=os.urandom(16).hex(), trace_id=os.urandom(8).hex(), device_id=f"dev-{i % 97:04d}",
         edge_node=node, keyword="turn on the kitchen lights", score=0.87, start_time=12.48, end_time=13.32,
         fired_time=13.40, created_unix_ms=int(now * 1000),
         attributes={"room": "kitchen", "locale": "en-US", _T_ATTR: str(time.time_ns())})
