@@ -321,7 +321,9 @@ class _Consumer:
         self._completed.append((mid, eid, outputs))
         self._wake_commit.set()
 
-    def _outputs(self, out) -> list[tuple[str, object]]:
+    def _outputs(self, out) -> list[tuple[str, dict]]:
+        """The handler's return value as (stream, entry fields); raises on anything unpublishable,
+        so that a bad output fails the handler (retry, then dead letter) instead of the commit."""
         if out is None:
             return []
         items = [out] if isinstance(out, (bus_pb2.Answer, bus_pb2.KeywordEvent, Outbound)) else list(out)
@@ -330,11 +332,11 @@ class _Consumer:
             if isinstance(o, Outbound):
                 if not o.stream.startswith(self.bus.keys.prefix + ":"):
                     raise ValueError(f"outputs must go to bus streams of this namespace, got {o.stream}")
-                res.append((o.stream, o.message))
+                res.append((o.stream, encode(o.message)))
             elif isinstance(o, bus_pb2.Answer):
-                res.append((self.bus.keys.replies(o.edge_node), o))
+                res.append((self.bus.keys.replies(o.edge_node), encode(o)))
             elif isinstance(o, bus_pb2.KeywordEvent):
-                res.append((self.bus.keys.events, o))
+                res.append((self.bus.keys.events, encode(o)))
             else:
                 raise TypeError(f"handler returned {type(o).__name__}; expected Answer, KeywordEvent or Outbound")
         return res
@@ -389,11 +391,10 @@ class _Consumer:
                       len(batch)]
         for mid, eid, outputs in batch:
             args += [mid, eid, len(outputs)]
-            for stream, msg in outputs:
+            for stream, f in outputs:
                 if stream not in index:
                     keys.append(stream)
                     index[stream] = len(keys)  # Lua KEYS are 1-based
-                f = encode(msg)
                 args += [index[stream], f[F_ID], f[b"type"], f[b"data"], f[F_TS]]
         fresh = await self._commit(keys=keys, args=args)
         dups = len(batch) - sum(int(x) for x in fresh)

@@ -164,7 +164,7 @@ def test_commit_is_idempotent_when_two_consumers_race(redis_url, tmp_path):
         resp = await bus.redis.xreadgroup("llm", "a", {bus.keys.events: ">"}, count=1)
         mid = resp[0][1][0][0]
         a, b = EventConsumer(bus, "llm", "a"), EventConsumer(bus, "llm", "b")
-        out = [(bus.keys.replies(ev.edge_node), answer_for(ev))]
+        out = a._outputs(answer_for(ev))
         await a._commit_batch([(mid, ev.event_id.encode(), out)])
         await b._commit_batch([(mid, ev.event_id.encode(), out)])
         assert (a.handled, b.handled, b.duplicates) == (1, 0, 1)
@@ -305,6 +305,13 @@ def test_handler_outputs_must_stay_in_namespace(redis_url, tmp_path):
 
         await consume_until(cons, handle, lambda: cons.failures >= 1)
         assert await bus.redis.xlen(bus.keys.replies("x")) == 0  # nothing published on a failed handler
+
+        async def no_id(e):  # an Answer without its idempotency key fails the handler, not the commit
+            return bus_pb2.Answer(edge_node="x")
+
+        cons2 = EventConsumer(bus, "g2", "c")
+        await consume_until(cons2, no_id, lambda: cons2.dead_lettered == 1)
+        assert cons2.failures == 3
         await bus.close()
 
     asyncio.run(main())
