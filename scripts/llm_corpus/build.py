@@ -152,16 +152,16 @@ def split_dedup(sources: dict[str, list[str]], val_every: int = 100):
     """Drop exact duplicates (after whitespace normalisation); hold out by hash."""
     seen, train, val, stats = set(), [], [], {}
     for name, docs in sources.items():
-        kept = 0
+        kept, chars = 0, 0
         for d in docs:
             d = d.replace(DOC_SEP, " ").strip()
             h = hashlib.sha1(_norm(d).lower().encode()).digest()
             if not d or h in seen:
                 continue
             seen.add(h)
-            kept += 1
+            kept, chars = kept + 1, chars + len(d)
             (val if int.from_bytes(h[:4], "little") % val_every == 0 else train).append(d)
-        stats[name] = {"docs": kept, "chars": sum(len(d) for d in docs)}
+        stats[name] = {"docs": kept, "chars": chars}
     return train, val, stats
 
 
