@@ -11,18 +11,23 @@ def _settings(args):
     over = {k: v for k, v in {
         "model": args.model, "port": args.port, "host": args.host, "device": args.device, "tp": args.tp,
         "dtype": args.dtype, "metrics_port": args.metrics_port, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
-        "auth_tokens_file": args.auth_tokens_file,
+        "auth_tokens_file": args.auth_tokens_file, "tp_calibration": args.tp_calibration,
     }.items() if v is not None}
     return LlmSettings(**over)
 
 
 def _serve(args) -> int:
     import asyncio
+    import os
 
     from services.llm.server import serve
+    from services.llm.tp import torchrun_argv, under_torchrun
 
     try:
         settings = _settings(args)
+        if settings.tp > 1 and not under_torchrun():
+            argv = torchrun_argv(settings.tp, sys.argv[1:])
+            os.execv(argv[0], argv)  # one process per rank; rank 0 serves
         asyncio.run(serve(settings))
     except (NotImplementedError, FileNotFoundError, ValueError) as e:
         print(f"wakeline llm serve: {e}", file=sys.stderr)
@@ -103,7 +108,8 @@ def register(grp) -> None:
     p.add_argument("--port", type=int, default=None, help="gRPC port (default 50061)")
     p.add_argument("--device", default=None, help="cpu or cuda")
     p.add_argument("--dtype", default=None, help="bfloat16, float16 or float32 (default: engine's choice)")
-    p.add_argument("--tp", type=int, default=None, help="tensor-parallel degree (only 1 is supported yet)")
+    p.add_argument("--tp", type=int, default=None, help="tensor-parallel degree: N ranks via torchrun, rank 0 serves")
+    p.add_argument("--tp-calibration", default=None, help="quantized all-reduce calibration (wakeline llm calibrate)")
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (0 = off)")
     p.add_argument("--tls-cert", default=None)
     p.add_argument("--tls-key", default=None)

@@ -177,13 +177,9 @@ def load_engine(settings: LlmSettings):
 
     from llm.engine import Engine
 
-    if settings.tp > 1:
-        raise NotImplementedError(
-            f"--tp {settings.tp}: tensor-parallel serving is not supported by the LLM service yet "
-            "(llm/parallel has no multi-process engine driver); run with --tp 1")
     if not (Path(settings.model) / "config.json").is_file():
         raise FileNotFoundError(f"no model at {settings.model} (expected a Hugging Face folder with config.json)")
-    kwargs = {"device": settings.device, "dtype": settings.dtype}
+    kwargs = {}
     accepted = set(inspect.signature(Engine.from_pretrained).parameters) | set(inspect.signature(Engine).parameters)
     for k in ("max_batch_size", "max_prefill_tokens_per_step"):
         v = getattr(settings, k)
@@ -191,7 +187,11 @@ def load_engine(settings: LlmSettings):
             kwargs[k] = v
     if "detokenize" in accepted:  # the runner detokenizes and applies stop strings itself
         kwargs["detokenize"] = False
-    return Engine.from_pretrained(str(settings.model), **kwargs)
+    if settings.tp > 1:
+        from services.llm.tp import load_tp_engine
+
+        return load_tp_engine(settings, Engine, kwargs)
+    return Engine.from_pretrained(str(settings.model), device=settings.device, dtype=settings.dtype, **kwargs)
 
 
 async def warm_up(runner: EngineRunner) -> None:
@@ -256,12 +256,22 @@ class LlmServer:
             await self.server.stop(self.settings.grace_s if grace is None else grace)
         if self.runner:
             await self.runner.stop()
+        if getattr(self.engine, "tp_model", None) is not None:
+            from services.llm.tp import release_followers
+
+            await asyncio.to_thread(release_followers, self.engine)
 
 
 async def serve(settings: LlmSettings) -> None:
     """Run until SIGTERM/SIGINT, then drain (the `wakeline llm serve` entry point)."""
     import signal
 
+    if settings.tp > 1:
+        from services.llm.tp import is_follower, run_follower
+
+        if is_follower():  # ranks > 0 serve nothing: they repeat rank 0's model calls (main thread: signals)
+            run_follower(settings)
+            return
     srv = LlmServer(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

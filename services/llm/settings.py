@@ -16,7 +16,9 @@ class LlmSettings(BaseSettings):
     model: Path = Field(Path("models/llm/dense"), description="Hugging Face model folder")
     device: str = Field("cpu", description="cpu or cuda")
     dtype: str | None = Field(None, description="bfloat16, float16, float32; None = engine default")
-    tp: int = Field(1, ge=1, description="tensor-parallel degree")
+    tp: int = Field(1, ge=1, description="tensor-parallel degree (ranks started by torchrun)")
+    tp_calibration: Path | None = Field(None, description="quantized all-reduce calibration file")
+    tp_timeout_s: float = Field(86400.0, gt=0, description="how long ranks wait for each other (idle included)")
     host: str = "127.0.0.1"
     port: int = Field(50061, ge=0, le=65535)
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off")

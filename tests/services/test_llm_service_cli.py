@@ -43,8 +43,45 @@ def test_serve_generate_info_and_drain_on_sigterm(tmp_path):
         srv.cleanup()
 
 
-def test_serve_refuses_what_it_cannot_do(tmp_path):
+def test_serve_refuses_a_missing_model(tmp_path):
     out = _cli("llm", "serve", "--model", str(tmp_path / "missing"), "--port", "0")
     assert out.returncode == 2 and "no model at" in out.stderr
-    out = _cli("llm", "serve", "--model", str(tmp_path), "--port", "0", "--tp", "2")
-    assert out.returncode == 2 and "--tp 2" in out.stderr and "not supported" in out.stderr
+
+
+def test_tensor_parallel_serving_matches_one_rank(tmp_path):
+    """`--tp 2`: torchrun starts two gloo ranks, rank 0 serves; greedy output equals the single-device engine."""
+    pytest.importorskip("llm.parallel.mirror", reason="llm/parallel's serving seam is not in this checkout yet")
+    from llm.engine import Engine, SamplingParams
+    from services.llm.testing import grpc_serving, make_tiny_llama
+
+    model = make_tiny_llama(tmp_path / "model")
+    ref = Engine.from_pretrained(str(model), max_batch_size=2)
+    want = ref.generate_ids([ref.tokenizer.encode("turn the lights on")], SamplingParams(max_tokens=8))[0]
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "llm", "serve", "--model", str(model), "--port",
+                             str(port), "--tp", "2", "--dtype", "float32"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        import time
+
+        end = time.monotonic() + 120
+        while time.monotonic() < end and not grpc_serving(f"127.0.0.1:{port}", "wakeline.v1.LlmService"):
+            assert proc.poll() is None, "torchrun exited"
+            time.sleep(0.3)
+        out = _cli("llm", "generate", "turn the lights on", "--target", f"127.0.0.1:{port}", "--max-tokens", "8",
+                   "--stats", "--no-stream")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.rstrip("\n") == ref.tokenizer.decode(want)
+        info = _cli("llm", "info", "--target", f"127.0.0.1:{port}")
+        assert "tp_size: 2" in info.stdout
+    finally:
+        import os
+
+        os.killpg(proc.pid, signal.SIGTERM)  # torchrun and both ranks: rank 0 drains, then releases rank 1
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    left = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert left == [], f"ranks left behind: {left}"
