@@ -133,3 +133,26 @@ def test_keyword_event_generator_is_sensible(tok):
     s2 = keyword_event_sample(tok, np.random.default_rng(5))
     assert s1.ids == s2.ids
     assert tok.decode([s1.ids[p] for p in s1.answer_pos], skip_special_tokens=False).endswith(END)
+
+
+def test_warm_start_copies_dense_attention_into_moe(tok):
+    from safetensors.torch import load_file
+
+    from llm.train.models import build
+    from llm.train.trainer import warm_start
+
+    d = _dir("dense")
+    torch.manual_seed(0)
+    moe = build("moe", tok)
+    copied = warm_start(moe, d)
+    dense = load_file(str(d / "model.safetensors"))
+    sd = moe.state_dict()
+    assert "model.layers.5.self_attn.q_proj.weight" in copied and "model.embed_tokens.weight" in copied
+    assert not any("experts" in k or "gate.weight" in k for k in copied)
+    torch.testing.assert_close(sd["model.layers.3.self_attn.o_proj.weight"],
+                               dense["model.layers.3.self_attn.o_proj.weight"].float())
+    key = "model.layers.0.mlp.experts.gate_up_proj"
+    if key in sd:  # transformers 5 fused expert layout: expert 1 holds the second slice of neurons
+        f = sd[key].shape[1] // 2
+        step = dense["model.layers.0.mlp.gate_proj.weight"].shape[0] // sd[key].shape[0]
+        torch.testing.assert_close(sd[key][1, :f], dense["model.layers.0.mlp.gate_proj.weight"][step:step + f].float())
