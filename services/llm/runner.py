@@ -110,11 +110,12 @@ class EngineRunner:
         max_pending_tokens: sum of prompt + max_tokens over those requests, beyond which it refuses.
         default_max_tokens, max_tokens_limit: max_tokens when a request gives none, and its ceiling.
         metrics: where to record; a private `LlmMetrics` when None.
+        on_fatal: `f(exc)` called on the event loop when `engine.step()` raised (e.g. turn health off).
     """
 
     def __init__(self, engine, *, max_pending_requests: int = 64, max_pending_tokens: int = 65536,
                  default_max_tokens: int = 128, max_tokens_limit: int = 2048,
-                 metrics: LlmMetrics | None = None) -> None:
+                 metrics: LlmMetrics | None = None, on_fatal=None) -> None:
         if max_pending_requests < 1 or max_pending_tokens < 1:
             raise ValueError("max_pending_requests and max_pending_tokens must be >= 1")
         self.engine = engine
@@ -127,6 +128,7 @@ class EngineRunner:
         self.default_max_tokens = default_max_tokens
         self.max_tokens_limit = max_tokens_limit
         self.metrics = metrics or LlmMetrics()
+        self.on_fatal = on_fatal  # called (on the loop) when engine.step() raised: the runner is dead
         self._reqs: dict[str, RequestState] = {}
         self._pending_tokens = 0
         self._cmds: queue.SimpleQueue = queue.SimpleQueue()
@@ -287,6 +289,8 @@ class EngineRunner:
             st.t_added = t
 
     def _on_error(self, rid: str | None, exc: BaseException) -> None:
+        if rid is None and self.on_fatal is not None:
+            self.on_fatal(exc)
         targets = [self._reqs[rid]] if rid in self._reqs else list(self._reqs.values()) if rid is None else []
         for st in targets:
             st.out.put_nowait(Delta("", [], True, f"error: {exc}"))

@@ -236,7 +236,8 @@ class LlmServer:
             self.engine = await asyncio.to_thread(load_engine, s)
         self.runner = EngineRunner(self.engine, max_pending_requests=s.max_pending_requests,
                                    max_pending_tokens=s.max_pending_tokens,
-                                   default_max_tokens=s.default_max_tokens, max_tokens_limit=s.max_tokens_limit)
+                                   default_max_tokens=s.default_max_tokens, max_tokens_limit=s.max_tokens_limit,
+                                   on_fatal=self._fatal)
         self.runner.start()
         if s.warmup:
             await warm_up(self.runner)
@@ -248,6 +249,11 @@ class LlmServer:
         await self.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
         log.info("llm service serving", extra={"addr": f"{s.host}:{self.port}", "model": str(s.model)})
         return self.port
+
+    def _fatal(self, exc: BaseException) -> None:
+        log.error("engine failed; health NOT_SERVING", extra={"error": repr(exc)})
+        for name in ("", SERVICE):
+            asyncio.ensure_future(self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let running requests finish for `grace` seconds, then stop the engine."""

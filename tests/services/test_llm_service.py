@@ -255,3 +255,25 @@ def test_tls_with_bearer_token(tiny_model, tmp_path):
                 assert ei.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
     asyncio.run(go())
+
+
+def test_engine_failure_fails_requests_and_turns_health_off(tiny_model):
+    async def go():
+        async with running(tiny_model) as (srv, c):
+            def broken_step():  # fault injection into the real engine: a device error mid-step
+                raise RuntimeError("CUDA error: device lost")
+
+            srv.engine.step = broken_step
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await c.generate(build_request("hello", max_tokens=5))
+            assert ei.value.code() == grpc.StatusCode.INTERNAL and "device lost" in ei.value.details()
+            await asyncio.sleep(0.1)
+            ch = grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}")
+            r = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""))
+            assert r.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            await ch.close()
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await c.generate(build_request("hello", max_tokens=5))
+            assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    asyncio.run(go())
