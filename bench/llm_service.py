@@ -56,6 +56,11 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, max(0, round(q / 100 * (len(xs) - 1))))]
 
 
+def _r(x: float, nd: int = 1) -> float | None:
+    """Rounded, or None for NaN (no samples): JSON has no NaN."""
+    return None if x != x else round(x, nd)
+
+
 async def one_request(c: LlmClient, prompt: str, max_tokens: int) -> dict:
     t0 = time.perf_counter()
     ttft, last, itl, n = None, None, [], 0
@@ -91,8 +96,8 @@ async def load_level(target: str, concurrency: int, n_requests: int, max_tokens:
     return {"concurrency": concurrency, "requests": len(results), "wall_s": round(wall, 2),
             "requests_per_s": round(len(results) / wall, 2), "output_tokens_per_s": round(toks / wall, 1),
             "mean_output_tokens": round(toks / max(1, len(results)), 1),
-            "ttft_p50_ms": round(pct(ttft, 50), 1), "ttft_p99_ms": round(pct(ttft, 99), 1),
-            "itl_p50_ms": round(pct(itl, 50), 2), "itl_p99_ms": round(pct(itl, 99), 2)}
+            "ttft_p50_ms": _r(pct(ttft, 50), 1), "ttft_p99_ms": _r(pct(ttft, 99), 1),
+            "itl_p50_ms": _r(pct(itl, 50), 2), "itl_p99_ms": _r(pct(itl, 99), 2)}
 
 
 async def stall(target: str, long_prompt_tokens: int) -> dict:
@@ -119,7 +124,7 @@ async def stall(target: str, long_prompt_tokens: int) -> dict:
         r = await one_request(c, long, 4)
         await dec
     during = gaps[len(base):]
-    return {"long_prompt_ttft_ms": round(r["ttft"] * 1e3, 1), "decode_itl_p50_ms": round(pct(base, 50) * 1e3, 2),
+    return {"long_prompt_ttft_ms": round(r["ttft"] * 1e3, 1), "decode_itl_p50_ms": _r(pct(base, 50) * 1e3, 2),
             "max_decode_gap_ms": round(max(during) * 1e3, 1) if during else None}
 
 
@@ -201,9 +206,46 @@ async def keyword_to_answer(llm_target: str, redis_url: str, n: int, workdir: Pa
         if edge:
             edge.cleanup()
     return {"n": n, "measured_at": where, "kws_model": str(kws_dir) if kws_dir else None,
-            "event_to_answer_p50_ms": round(pct(lat, 50), 1), "event_to_answer_p99_ms": round(pct(lat, 99), 1),
-            "llm_ttft_p50_ms": round(pct(ttft, 50), 1),
+            "event_to_answer_p50_ms": _r(pct(lat, 50), 1), "event_to_answer_p99_ms": _r(pct(lat, 99), 1),
+            "llm_ttft_p50_ms": _r(pct(ttft, 50), 1),
             "mean_answer_tokens": round(statistics.mean(tokens), 1) if tokens else 0}
+
+
+async def spoken_keyword_to_answer(llm_target: str, redis_url: str, n: int, workdir: Path) -> dict:
+    """Spoken keyword (eSpeak) streamed in real time -> detection -> answer, with the shipped KWS model.
+
+    Latency = answer arrival at the device - wall time at which the chunk holding the detected
+    keyword's end was sent (the device-side clock of "the user stopped speaking").
+    """
+    kws_dir = Path(os.environ.get("WAKELINE_BENCH_KWS_MODEL", REPO / "models" / "kws" / "default"))
+    if not any(kws_dir.glob("*.onnx")):
+        return {"skipped": f"no KWS model at {kws_dir} (the shipped models/kws/default)"}
+    from services.edge.client import DeviceAudio, StreamStats, open_channel, stream_device
+    from services.edge.testing import EdgeProcess, utterance_track
+
+    samples, spans = utterance_track([1.0] + ["lights on", 3.0] * n, rate=16000)
+    edge = EdgeProcess(kws_dir, redis_url, node_id="edge-wav").start()
+    worker = start_worker(redis_url, llm_target, "worker-wav", {"WAKELINE_WORKER_GROUP": "bench-wav",
+                                                               "WAKELINE_WORKER_MAX_TOKENS": "32"})
+    ends: dict[str, float] = {}
+    lat, det_lat = [], []
+    try:
+        stats = StreamStats()
+        async for r in stream_device(open_channel(edge.target), "dev-wav", ["lights on"],
+                                     DeviceAudio(samples, 16000), realtime=True, linger_s=10, stats=stats):
+            if r.kind == "detection":
+                d = r.response.detection
+                ends[d.event_id] = stats.sent_wall(d.end_time) or r.t_recv
+                if r.latency_s is not None:
+                    det_lat.append(r.latency_s * 1e3)
+            elif r.kind == "answer" and r.response.answer.event_id in ends:
+                lat.append((r.t_recv - ends[r.response.answer.event_id]) * 1e3)
+    finally:
+        worker.cleanup()
+        edge.cleanup()
+    return {"spoken": n, "detections": len(ends), "answers": len(lat),
+            "keyword_end_to_answer_p50_ms": _r(pct(lat, 50), 1), "keyword_end_to_answer_p99_ms": _r(pct(lat, 99), 1),
+            "keyword_end_to_detection_p50_ms": _r(pct(det_lat, 50), 1)}
 
 
 def table(res: dict) -> str:
@@ -216,7 +258,9 @@ def table(res: dict) -> str:
     for name, s in res.get("stall", {}).items():
         rows.append(f"\nprefill stall ({name}): {s}")
     if res.get("e2e"):
-        rows.append(f"\nkeyword -> answer at the device: {res['e2e']}")
+        rows.append(f"\nkeyword event -> answer: {res['e2e']}")
+    if res.get("spoken"):
+        rows.append(f"\nspoken keyword end -> answer at the device: {res['spoken']}")
     return "\n".join(rows)
 
 
@@ -268,6 +312,8 @@ def main() -> int:
 
             url, redis = embedded_redis(work / "redis")
             res["e2e"] = asyncio.run(keyword_to_answer(target, url, args.e2e, work, not args.no_edge))
+            if not args.no_edge:
+                res["spoken"] = asyncio.run(spoken_keyword_to_answer(target, url, args.e2e, work))
     finally:
         srv.cleanup()
         if redis:
