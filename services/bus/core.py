@@ -279,22 +279,51 @@ def _redis_binary() -> str:
     return __redis_executable__
 
 
+def _die_with_parent_fn():
+    """A preexec_fn that makes the child get SIGTERM when its parent dies (even by kill -9), so no
+    orphan server keeps the AOF; None where prctl is unavailable. Everything is resolved here, in
+    the parent: the child only makes one libc call (no imports after fork)."""
+    try:
+        import ctypes
+        import signal
+
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    sigterm = int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(1, sigterm)  # PR_SET_PDEATHSIG
+
+    return preexec
+
+
 def embedded_redis(dir: str | os.PathLike, timeout_s: float = 10.0):
     """Start a real redis-server on a private unix socket in `dir` (AOF on, no TCP port).
 
     Returns (url, stop); stop() shuts it down cleanly (AOF fsync'd). Data survive restarts
-    with the same `dir`.
+    with the same `dir`. The server gets SIGTERM when the calling THREAD dies (Linux
+    PDEATHSIG), so call this from the main or event-loop thread, not a short-lived worker thread.
+    Raises RuntimeError if a server already serves `dir`.
     """
     d = Path(dir).resolve()
     d.mkdir(parents=True, exist_ok=True)
     sock = d / "redis.sock"
     if len(str(sock)) > 100:
         raise ValueError(f"unix socket path too long for the OS: {sock}")
-    sock.unlink(missing_ok=True)
+    if sock.exists():
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(str(sock))
+            except OSError:
+                pass  # stale socket file from a server that is gone
+            else:
+                raise RuntimeError(f"a redis-server already serves {d}; two would corrupt its AOF")
+        sock.unlink()
     args = [_redis_binary(), "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
             "--dir", str(d), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
             "--daemonize", "no", "--logfile", str(d / "redis.log")]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent_fn())
     deadline = time.monotonic() + timeout_s
     while True:
         if proc.poll() is not None:

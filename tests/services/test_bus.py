@@ -480,3 +480,36 @@ def test_slow_handlers_share_the_load(redis_url, tmp_path):
         await bus.close()
 
     asyncio.run(main())
+
+
+def test_embedded_redis_refuses_a_second_server_and_dies_with_its_parent(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    url, stop = embedded_redis(tmp_path / "r")
+    try:
+        with pytest.raises(RuntimeError, match="already serves"):
+            embedded_redis(tmp_path / "r")
+    finally:
+        stop()
+    # A parent killed with SIGKILL takes its embedded server with it.
+    code = ("import sys, time; from services.bus import embedded_redis; "
+            f"embedded_redis({str(tmp_path / 'r2')!r}); print('up', flush=True); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "up"
+        parent.kill()
+        parent.wait()
+        deadline = time.time() + 10
+        while True:
+            try:
+                url2, stop2 = embedded_redis(tmp_path / "r2")  # free again once the orphan is gone
+                stop2()
+                break
+            except RuntimeError:
+                assert time.time() < deadline, "the embedded server outlived its parent"
+                time.sleep(0.1)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
