@@ -127,17 +127,14 @@ def test_tp_quantized_model_close_and_ranks_agree():
         assert torch.equal(logits0, res[1][mode][2]), f"{mode}: ranks disagree"
 
 
-def _unsupported_worker(rank: int, world: int) -> str:
+def test_tp_rejects_world_size_not_dividing_heads():
+    """Sharding fails before any collective, with the reason (no process group needed)."""
+    from llm.parallel.state import TPState
     from llm.parallel.tp import TPUnsupportedError, apply_tp
 
-    model = build("dense", seed=0, n_kv_heads=4)
-    try:
-        apply_tp(model)
-    except TPUnsupportedError as e:
-        return str(e)
-    return ""
-
-
-def test_tp_rejects_world_size_not_dividing_heads():
-    msgs = run_ranks(_unsupported_worker, 3)
-    assert all("not divisible by 3" in m for m in msgs)
+    with pytest.raises(TPUnsupportedError, match="not divisible by 3"):
+        apply_tp(build("dense", seed=0), state=TPState(rank=0, world_size=3))
+    with pytest.raises(TPUnsupportedError, match="whole projection"):
+        model = build("dense", seed=0)
+        model.layers[0].attention.qk_norm = "full"
+        apply_tp(model, state=TPState(rank=1, world_size=2))
