@@ -81,3 +81,20 @@ def test_deterministic_and_resumable(built, tmp_path):
     a, _ = sf.read(out / "streams" / "s000.wav")
     b, _ = sf.read(fresh / "streams" / "s000.wav")
     assert (a == b).all()
+
+
+def test_real_speech_dev_set(tmp_path):
+    from kws.data.real import STREAM_KEYWORDS, build_real, real_clips
+
+    clips = real_clips()
+    if len(clips) < 10:
+        pytest.skip("needs Debian pocketsphinx-testdata and klettres-data")
+    assert ("ps-goforward", "/usr/share/pocketsphinx/test/data/goforward.raw", "go forward ten meters") in clips
+    rep = build_real(tmp_path, seed=0)
+    assert rep["clips"] == len(clips) and rep["trials"] >= 2 * len(clips)
+    pairs = read_pairs(tmp_path / "pairs.jsonl")
+    assert {p.kind for p in pairs} == {"positive", "hard", "easy"}
+    assert all(sf.info(p.audio).samplerate == 16000 for p in pairs[:5])
+    (st,) = fill_durations(read_streams(tmp_path / "streams.jsonl"))
+    assert st.keywords == STREAM_KEYWORDS and len(st.events) == rep["events"] >= 4
+    assert all(0 < e.start < e.end < st.duration for e in st.events)
