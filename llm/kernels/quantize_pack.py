@@ -4,7 +4,9 @@ Wire format of one message of N rows x H channels (one flat uint8 buffer, see `l
 
 - packed:   [N, ceil(H/2)] uint8, two signed 4-bit codes per byte (low nibble = even channel),
             symmetric per group of G consecutive channels, code = round(x / scale) in [-7, 7] + 8;
-- scales:   [N, ceil(H/G)] fp16, scale = absmax(group) / 7 (outlier channels excluded);
+- scales:   [N, ceil(H/G)] fp16, scale = absmax(group) / 8 (outlier channels excluded), so the top
+            1/8 of a group's range is clipped to +-7 steps: for Gaussian-like groups of 128 this lowers
+            the error by ~7% against absmax / 7 (measured on the default model's partials);
 - outliers: [N, K] bf16, the values of the K calibrated outlier channels, sent exactly in bf16.
 
 Outlier channels are zeroed before the group absmax, so their 4-bit code is 0 and they cost
@@ -28,9 +30,9 @@ except ImportError:  # CPU-only installs: the torch reference is the only path
     tl = None
 
 QMAX = 7
-# scale = absmax * (1/7): torch on CUDA turns a division by a scalar into this multiplication, so the
-# reference and the kernel both use it explicitly (bit-identical fp16 scales on CPU and CUDA)
-INV_QMAX = float(torch.tensor(1.0 / QMAX, dtype=torch.float32))
+# scale = absmax * (1/8), written as a multiplication in the reference and the kernel alike (torch on
+# CUDA turns a division by a scalar into one; with a power of two both are exact anyway)
+INV_QMAX = 0.125  # scale = absmax / 8: a power of two, so exact in every implementation
 _ALIGN = 16
 
 

@@ -53,9 +53,10 @@ def _check(qp, ds, n, h, group, k, dtype, device, seed, world=3):
     # fused multiply-adds on the GPU may differ from the reference in the last bits
     torch.testing.assert_close(got_sum, ref_sum, rtol=1e-5, atol=1e-5 * ref_sum.abs().max().item())
     exact = sum(x.float() for x in xs)
-    # error bound: half a step of each rank's group scale, and bf16 rounding on outliers
+    # error bound per rank: the clipped top 1/8 of a group's range (> half a step of absmax / 8), and
+    # bf16 rounding on outliers
     err = (ref_sum - exact).abs().amax()
-    bound = sum(x.float().abs().amax() for x in xs) / 7 / 2 + 1e-3
+    bound = sum(x.float().abs().amax() for x in xs) / 8 + 1e-3
     assert err <= bound
 
 
