@@ -11,6 +11,7 @@ Generation runs in worker processes (eSpeak is a per-process singleton).
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 
 import numpy as np
 
@@ -120,18 +121,22 @@ def frame_labels(utt, n_frames: int, stack: int = 2, hop: int = 160, win: int = 
 
 
 def _worker(args):
-    seed, count, split, lo, hi, aug, texts = args
+    seed, count, split, lo, hi, aug, texts, deadline = args
     from kws.data.espeak import random_params, synthesize
 
     rng = np.random.default_rng(seed)
     logmel = LogMel()
-    out, babble = [], []
-    while len(out) < count:
+    out, babble, failures = [], [], 0
+    while len(out) < count and time.time() < deadline:
         text = texts[len(out) % len(texts)] if texts else random_sentence(rng, lo, hi)
         try:
             utt = synthesize(text, **random_params(rng, split))
-        except Exception:
-            continue  # an unpronounceable random word: draw another sentence
+        except Exception as e:
+            # an unpronounceable random word: draw another sentence, but never loop on a broken engine
+            failures += 1
+            if failures > 20 and failures > len(out):
+                raise RuntimeError(f"synthesis keeps failing ({failures} times), last: {e!r}") from e
+            continue
         lead, trail = rng.uniform(0.05, 0.5), rng.uniform(0.3, 0.6)
         x = np.concatenate([np.zeros(int(lead * 16000), np.float32), utt.audio,
                             np.zeros(int(trail * 16000), np.float32)])
@@ -148,15 +153,56 @@ def _worker(args):
     return out
 
 
-def generate(count: int, split: str = "train", seed: int = 0, workers: int = 1, lo: int = 1, hi: int = 5,
-             aug: bool = True, texts: list[str] | None = None) -> list[dict]:
-    """`count` examples from `workers` processes (deterministic for a seed and worker count).
+def _warm(_):
+    from kws.data.espeak import default_phonemizer
 
-    texts: speak these (cycled) instead of random sentences.
+    default_phonemizer()
+    word_list()
+    return True
+
+
+def new_pool(workers: int):
+    """A spawn pool of synthesis workers, warmed up (phonemizer and word list loaded)."""
+    pool = mp.get_context("spawn").Pool(workers)
+    pool.map(_warm, range(workers), chunksize=1)
+    return pool
+
+
+def generate(count: int, split: str = "train", seed: int = 0, workers: int = 1, lo: int = 1, hi: int = 5,
+             aug: bool = True, texts: list[str] | None = None, max_seconds: float = 1e9,
+             job_size: int = 250, stall_seconds: float = 90.0, pool=None) -> list[dict]:
+    """Up to `count` examples from `workers` processes, in jobs of `job_size` (deterministic per seed).
+
+    texts: speak these (cycled) instead of random sentences. Stops after `max_seconds` with what
+    the workers have made by then, or when no job finishes for `stall_seconds`; prints progress.
+    pool: a `new_pool(workers)` to reuse (worker start-up costs seconds); None makes one.
     """
-    per = [count // workers + (1 if i < count % workers else 0) for i in range(workers)]
-    jobs = [(seed * 1000 + i, n, split, lo, hi, aug, texts) for i, n in enumerate(per) if n]
-    if workers == 1:
-        return [e for j in jobs for e in _worker(j)]
-    with mp.get_context("spawn").Pool(workers) as pool:
-        return [e for part in pool.map(_worker, jobs) for e in part]
+    t0 = time.time()
+    deadline = t0 + max_seconds
+    sizes = [job_size] * (count // job_size) + ([count % job_size] if count % job_size else [])
+    jobs = [(seed * 100003 + i, n, split, lo, hi, aug, texts, deadline) for i, n in enumerate(sizes)]
+    out: list[dict] = []
+    if workers == 1 and pool is None:
+        for part in map(_worker, jobs):
+            out += part
+        return out
+    own = pool is None
+    pool = pool or new_pool(workers)
+    try:
+        it = pool.imap_unordered(_worker, jobs)
+        for k in range(len(jobs)):
+            left = deadline + stall_seconds - time.time()
+            try:
+                part = it.next(timeout=max(1.0, min(stall_seconds, left)))
+            except mp.TimeoutError:
+                print(f"corpus {split}: no job finished in time; keeping {len(out)} examples", flush=True)
+                break
+            out += part
+            if (k + 1) % max(1, len(jobs) // 10) == 0 or k == len(jobs) - 1:
+                dt = time.time() - t0
+                print(f"corpus {split}: {len(out)}/{count} examples, {dt:.0f} s, {len(out) / max(dt, 1e-9):.0f}/s",
+                      flush=True)
+    finally:
+        if own:
+            pool.terminate()
+    return out

@@ -18,44 +18,53 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from kws.corpus import generate, random_sentence
-from kws.devset import auc_eer, build_streams, frame_scores, pair_rows, stream_metrics
-from kws.export import export_model
-from kws.models.encoder import num_params
-from kws.train import TrainConfig, Trainer
+from kws.corpus import generate, new_pool, random_sentence
+
+# torch and the trainer are imported inside the functions that need them: corpus worker
+# processes re-import this module and should stay light
 
 log = logging.getLogger("wakeline.kws.pipeline")
 
 
 def build_corpus(out: str | Path, n_train: int, n_pairs: int, n_fill: int, kw_reps: int, workers: int,
-                 seed: int = 0) -> dict:
-    """Write train.pkl and dev.pkl (held-out voices) under `out`; return sizes and timings."""
+                 seed: int = 0, max_seconds: float = 1e9) -> dict:
+    """Write dev.pkl (held-out voices) then train.pkl under `out`; return sizes and timings.
+
+    The dev sets are made first (small, needed whole); training synthesis stops at the time left
+    of `max_seconds` and keeps what it has.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    train = generate(n_train, "train", seed=seed + 1, workers=workers, lo=1, hi=5)
-    t1 = time.time()
-    pairs = generate(n_pairs, "dev", seed=seed + 2, workers=workers, lo=1, hi=3)
-    fill = generate(n_fill, "dev", seed=seed + 3, workers=workers, lo=2, hi=5)
+    pool = new_pool(workers) if workers > 1 else None
+    print(f"corpus: {workers} workers ready in {time.time() - t0:.0f} s", flush=True)
+    pairs = generate(n_pairs, "dev", seed=seed + 2, workers=workers, lo=1, hi=3, pool=pool, job_size=50)
+    fill = generate(n_fill, "dev", seed=seed + 3, workers=workers, lo=2, hi=5, pool=pool, job_size=50)
     rng = np.random.default_rng(seed + 4)
     keywords = [random_sentence(rng, 2, 2) for _ in range(10)]
-    kws = generate(10 * kw_reps, "dev", seed=seed + 5, workers=workers, texts=keywords)
+    kws = generate(10 * kw_reps, "dev", seed=seed + 5, workers=workers, texts=keywords, job_size=20, pool=pool)
+    with open(out / "dev.pkl", "wb") as f:
+        pickle.dump({"pairs": pairs, "fill": fill, "kws": kws, "keywords": keywords}, f, protocol=5)
+    t1 = time.time()
+    train = generate(n_train, "train", seed=seed + 1, workers=workers, lo=1, hi=5, pool=pool,
+                     max_seconds=max(10.0, max_seconds - (t1 - t0)))
+    if pool is not None:
+        pool.terminate()
     t2 = time.time()
     with open(out / "train.pkl", "wb") as f:
         pickle.dump(train, f, protocol=5)
-    with open(out / "dev.pkl", "wb") as f:
-        pickle.dump({"pairs": pairs, "fill": fill, "kws": kws, "keywords": keywords}, f, protocol=5)
     info = {"train": len(train), "train_hours": sum(len(e["feats"]) for e in train) / 100 / 3600,
-            "train_synth_s": round(t1 - t0, 1), "dev_synth_s": round(t2 - t1, 1), "pairs": len(pairs),
+            "train_synth_s": round(t2 - t1, 1), "dev_synth_s": round(t1 - t0, 1), "pairs": len(pairs),
             "fill": len(fill), "keywords": keywords, "kw_clips": len(kws), "workers": workers}
     (out / "corpus.json").write_text(json.dumps(info, indent=1))
     return info
 
 
-def evaluate(tr: Trainer, dev: dict, device) -> dict:
+def evaluate(tr, dev: dict, device) -> dict:
     """Pair AUC/EER (pos vs hard, pos vs easy) and streaming FRR@0.5FA/h + latency on dev."""
+    from kws.devset import auc_eer, build_streams, frame_scores, pair_rows, stream_metrics
+
     c = tr.cfg
     matcher = tr.matcher if c.use_matcher else None
     pairs = dev["pairs"]
@@ -85,8 +94,14 @@ def evaluate(tr: Trainer, dev: dict, device) -> dict:
     return res
 
 
-def run_variant(cfg: TrainConfig, corpus: str | Path, out: str | Path, device: str = "cpu") -> dict:
+def run_variant(cfg, corpus: str | Path, out: str | Path, device: str = "cpu") -> dict:
     """Train (resumable), evaluate, export; writes metrics.json and the model dir under `out`."""
+    import torch
+
+    from kws.export import export_model
+    from kws.models.encoder import num_params
+    from kws.train import Trainer
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if device == "cpu":
@@ -126,20 +141,26 @@ def main(argv=None) -> int:
     c.add_argument("--fill", type=int, default=1500)
     c.add_argument("--kw-reps", type=int, default=20)
     c.add_argument("--workers", type=int, default=1)
+    c.add_argument("--max-seconds", type=float, default=1e9, help="stop training synthesis after this")
     v = sub.add_parser("variant")
     v.add_argument("--config", required=True, help="TrainConfig JSON file, or inline JSON")
     v.add_argument("--corpus", required=True)
     v.add_argument("--out", required=True)
-    v.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    v.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if a.cmd == "corpus":
-        print(json.dumps(build_corpus(a.out, a.train, a.pairs, a.fill, a.kw_reps, a.workers)))
+        print(json.dumps(build_corpus(a.out, a.train, a.pairs, a.fill, a.kw_reps, a.workers,
+                                      max_seconds=a.max_seconds)))
     else:
+        import torch
+
+        from kws.train import TrainConfig
+
         text = a.config if a.config.strip().startswith("{") else Path(a.config).read_text()
         d = json.loads(text)
         cfg = TrainConfig(**{k: v for k, v in d.items() if k in TrainConfig.__dataclass_fields__})
-        run_variant(cfg, a.corpus, a.out, a.device)
+        run_variant(cfg, a.corpus, a.out, a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return 0
 
 

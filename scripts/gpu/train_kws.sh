@@ -25,14 +25,17 @@ if [ "${SMOKE:-0}" = "1" ]; then
   TRAIN_N=${TRAIN_N:-120}; PAIRS=30; FILL=20; KWREPS=2; MINUTES=${MINUTES:-0.3}; STEPS=6; BATCH=8
   ENC='{"dim": 64, "hidden": 128, "dilations": [1, 2, 4]}'; DEVICE=cpu; WORKERS=2
 else
-  TRAIN_N=${TRAIN_N:-48000}; PAIRS=${PAIRS:-1000}; FILL=${FILL:-1500}; KWREPS=${KWREPS:-20}
-  MINUTES=${MINUTES:-4.0}; STEPS=100000; BATCH=${BATCH:-192}; ENC='{}'; DEVICE=cuda
+  TRAIN_N=${TRAIN_N:-48000}; PAIRS=${PAIRS:-800}; FILL=${FILL:-1200}; KWREPS=${KWREPS:-20}
+  MINUTES=${MINUTES:-3.3}; STEPS=100000; BATCH=${BATCH:-160}; ENC='{}'; DEVICE=cuda
 fi
 python3 -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), sys.version)"
 nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || true
 CORPUS=/tmp/kws_corpus
-python3 -m kws.pipeline corpus --out $CORPUS --train $TRAIN_N --pairs $PAIRS --fill $FILL \
-  --kw-reps $KWREPS --workers $WORKERS
+# synthesis keeps what it has after CORPUS_S seconds; `timeout` is the hard stop
+CORPUS_S=${CORPUS_S:-100}
+timeout $(( CORPUS_S + 60 )) python3 -m kws.pipeline corpus --out $CORPUS --train $TRAIN_N --pairs $PAIRS \
+  --fill $FILL --kw-reps $KWREPS --workers $WORKERS --max-seconds $CORPUS_S
+ls -la $CORPUS
 cp $CORPUS/corpus.json "$R/"
 echo "corpus done at $(( $(date +%s) - T0 )) s"
 RUNS=/tmp/kws_runs
@@ -53,12 +56,14 @@ v.update(max_minutes=float(minutes), steps=int(steps), batch=int(batch), encoder
 print(json.dumps(v))
 PY
 )
-  python3 -m kws.pipeline variant --config "$CFG" --corpus $CORPUS --out $RUNS/$NAME --device $DEVICE \
+  timeout $(python3 -c "print(int(float('$MINUTES') * 60 + 150))") \
+    python3 -m kws.pipeline variant --config "$CFG" --corpus $CORPUS --out $RUNS/$NAME --device $DEVICE \
     > $RUNS/$NAME.log 2>&1 &
   PIDS+=($!)
 done
 FAIL=0
 for P in "${PIDS[@]}"; do wait "$P" || FAIL=1; done
+echo "variants done at $(( $(date +%s) - T0 )) s"
 for NAME in $NAMES; do
   mkdir -p "$R/$NAME"
   grep -v "Quantization parameters" $RUNS/$NAME.log > "$R/$NAME/train.log" || true
