@@ -4,7 +4,8 @@ Runs `wakeline llm serve` in a subprocess (so the client does not share its inte
 measures over real gRPC on 127.0.0.1:
 
 - load: requests/s, output tokens/s, TTFT and inter-token latency p50/p99 at each concurrency
-  (closed loop: C clients, each sending its next GenerateStream request when the last ends);
+  (closed loop: C clients, each sending its next GenerateStream request when the last ends; the
+  request is the worker's chat for a keyword event);
 - stall: the longest gap in a running decode while a long prompt is prefilled, with the chunked
   prefill budget (`max_prefill_tokens_per_step`) and without it (one whole-prompt chunk);
 - e2e: keyword -> first answer token at the device: a KeywordEvent published for a connected
@@ -45,8 +46,9 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
-PROMPT = ("You are Wakeline, a voice assistant. The user said 'lights on' in the kitchen at 7:30 pm. "
-          "Answer in one short sentence.")
+# The worker's request for a keyword event (the service's main workload), as chat messages.
+CHAT = [{"role": "system", "content": "You are Wakeline, a helpful voice assistant. Answer in one short sentence."},
+        {"role": "user", "content": "The user said 'lights on' in the kitchen on device kitchen-2 at 19:30."}]
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -61,10 +63,10 @@ def _r(x: float, nd: int = 1) -> float | None:
     return None if x != x else round(x, nd)
 
 
-async def one_request(c: LlmClient, prompt: str, max_tokens: int) -> dict:
+async def one_request(c: LlmClient, prompt: str | None, max_tokens: int, messages: list | None = None) -> dict:
     t0 = time.perf_counter()
     ttft, last, itl, n = None, None, [], 0
-    async for m in c.generate_stream(build_request(prompt, max_tokens=max_tokens)):
+    async for m in c.generate_stream(build_request(prompt, messages, max_tokens=max_tokens)):
         now = time.perf_counter()
         if m.token_ids:
             if ttft is None:
@@ -85,7 +87,7 @@ async def load_level(target: str, concurrency: int, n_requests: int, max_tokens:
         async with LlmClient(target) as c:
             while todo:
                 todo.pop()
-                results.append(await one_request(c, PROMPT, max_tokens))
+                results.append(await one_request(c, None, max_tokens, CHAT))
 
     t0 = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
