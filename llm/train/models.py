@@ -25,11 +25,12 @@ def dense_config(tok, hidden: int = 256, layers: int = 6, ffn: int = 576) -> Lla
     return LlamaConfig(intermediate_size=ffn, **_common(tok, hidden, layers))
 
 
-def moe_config(tok, hidden: int = 256, layers: int = 6, ffn: int = 64, experts: int = 8,
+def moe_config(tok, hidden: int = 256, layers: int = 4, ffn: int = 112, experts: int = 8,
                top_k: int = 2) -> MixtralConfig:
     """Mixtral-shaped MoE decoder (8 experts, top-2), ~5.6M parameters by default.
 
-    Same depth and attention as the dense model, so it can be warm-started from it.
+    The shipped shape (4 layers, experts of 112). With layers=6, ffn=64 it has the dense model's
+    depth and attention, so `trainer.warm_start` can copy them (scripts/gpu/train_llm.sh STAGE=moe).
     """
     return MixtralConfig(intermediate_size=ffn, num_local_experts=experts, num_experts_per_tok=top_k,
                          router_aux_loss_coef=0.01, sliding_window=None, **_common(tok, hidden, layers))

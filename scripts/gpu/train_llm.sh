@@ -34,6 +34,7 @@ if [[ $STAGE == moe ]]; then
   # The from-scratch MoE of stage 1 learnt language and keyword events but not retrieval in
   # 330 s; taking the dense model's embeddings and attention lets it spend its time on experts.
   MOE_ARGS=(--init-from "${INIT_FROM:-models/llm/dense}" --p-retrieval 0.35 --lr 1.5e-3)
+  [[ "${SMOKE:-0}" == 1 ]] || MOE_SHAPE='{"layers":6,"ffn":64}'  # the dense model's depth
   [[ "${SMOKE:-0}" == 1 ]] || MOE_ARGS+=(--seconds "${TRAIN_SECONDS:-270}"
                                          --curriculum '[[0,1024],[0.25,2048],[0.5,4096],[0.7,8192]]')
 fi

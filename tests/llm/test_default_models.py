@@ -143,7 +143,7 @@ def test_warm_start_copies_dense_attention_into_moe(tok):
 
     d = _dir("dense")
     torch.manual_seed(0)
-    moe = build("moe", tok)
+    moe = build("moe", tok, layers=6, ffn=64)
     copied = warm_start(moe, d)
     dense = load_file(str(d / "model.safetensors"))
     sd = moe.state_dict()
