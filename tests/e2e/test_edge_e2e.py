@@ -1,6 +1,10 @@
 """End to end through the edge: `wakeline device stream` (subprocess) -> edge node (subprocess, real
 port) -> KeywordEvents on a real Redis -> Answers on the node's reply stream -> back to that
-device, and to no other. Needs the shipped default model (detection must be meaningful)."""
+device, and to no other.
+
+Two tests: the path itself, with thresholds low enough that any model fires (the shipped model,
+or an untrained export before it exists), and keyword detection with the shipped model at its
+own thresholds (skipped until `models/kws/default` exists)."""
 
 from __future__ import annotations
 
@@ -28,11 +32,31 @@ EVENTS = "wakeline:{bus}:events"
 KEYWORDS = ["lights on", "stop music"]
 
 
-def default_model() -> Path:
+def default_model() -> Path | None:
     d = Path(os.environ.get("WAKELINE_TEST_KWS_DEFAULT_DIR", REPO / "models" / "kws" / "default"))
-    if not (d / "encoder.onnx").exists():
-        pytest.skip(f"the shipped keyword model is not at {d} yet: end-to-end detection needs a trained model")
-    return d
+    return d if (d / "encoder.onnx").exists() else None
+
+
+@pytest.fixture(scope="module")
+def any_model(tmp_path_factory) -> Path:
+    shipped = default_model()
+    if shipped is not None:
+        return shipped
+    try:
+        from kws.export import export_untrained
+    except ImportError as e:
+        pytest.skip(f"no shipped model and no kws.export to make one ({e})")
+    return export_untrained(tmp_path_factory.mktemp("kws-e2e"))
+
+
+def two_keyword_wav(tmp_path) -> tuple[Path, list]:
+    """eSpeak 'lights on' ... 'please stop music' as a 22.05 kHz stereo WAV (a device's format)."""
+    import soxr
+
+    samples, spans = utterance_track([1.0, "lights on", 1.5, "please stop music", 2.0])
+    wav = tmp_path / "two-keywords.wav"
+    sf.write(wav, soxr.resample(np.stack([samples, samples], 1), 16000, 22050), 22050)
+    return wav, spans
 
 
 async def answer_events(url: str, node: str, stop: asyncio.Event, seen: list) -> None:
@@ -59,18 +83,14 @@ async def answer_events(url: str, node: str, stop: asyncio.Event, seen: list) ->
         await r.aclose()
 
 
-def test_device_to_bus_and_back(tmp_path):
-    model = default_model()
-    samples, spans = utterance_track([1.0, "lights on", 1.5, "please stop music", 2.0])
-    stereo = np.stack([samples, samples], 1)
-    wav = tmp_path / "two-keywords.wav"
-    import soxr
-
-    sf.write(wav, soxr.resample(stereo, 16000, 22050), 22050)  # a device rate and channel count
+def test_device_to_bus_and_back(tmp_path, any_model):
+    wav, _ = two_keyword_wav(tmp_path)
     rp = RedisProcess().start()
-    node = EdgeProcess(model, rp.url, node_id="edge-e2e").start()
+    node = EdgeProcess(any_model, rp.url, node_id="edge-e2e").start()
     try:
-        events, other, lines = asyncio.run(asyncio.wait_for(_run(node, rp.url, wav), 120))
+        # thresholds that any model crosses: this test is about the path, not the model
+        events, other, lines = asyncio.run(asyncio.wait_for(
+            _run(node, rp.url, wav, [k + ":0.01" for k in KEYWORDS]), 120))
     finally:
         assert node.alive(), node.log_tail()
         node.cleanup()
@@ -79,23 +99,45 @@ def test_device_to_bus_and_back(tmp_path):
     dets = [x for x in lines if x["type"] == "detection"]
     answers = [x for x in lines if x["type"] == "answer"]
     assert {d["keyword"] for d in dets} == set(KEYWORDS), lines
-    for text, start, end in spans:
-        kw = "lights on" if "lights" in text else "stop music"
-        hits = [d for d in dets if d["keyword"] == kw and start <= d.get("fired_time", 0.0) <= end + 1.0]
-        assert hits, f"{kw!r} spoken at {start:.2f}-{end:.2f} s not detected within 1 s: {dets}"
-    assert all(d["client_latency_ms"] < 1500 for d in dets), dets
+    assert all(d["client_latency_ms"] < 1000 for d in dets), dets
     # every detection is a KeywordEvent on the bus with the same id, and came back as an answer
     by_id = {e.event_id: e for e in events}
     for d in dets:
         e = by_id[d["event_id"]]
         assert (e.device_id, e.edge_node, e.keyword, e.attributes["room"]) == ("dev-e2e", "edge-e2e", d["keyword"],
                                                                                "kitchen")
+        assert e.end_time == pytest.approx(d["end_time"]) and e.trace_id
     assert sorted(a["event_id"] for a in answers) == sorted(d["event_id"] for d in dets)
     assert all(a["device_id"] == "dev-e2e" and a["text"].startswith("heard ") for a in answers)
     assert other == [], "another device received answers that were not its own"
 
 
-async def _run(node: EdgeProcess, url: str, wav: Path):
+def test_shipped_model_detects_spoken_keywords(tmp_path):
+    model = default_model()
+    if model is None:
+        pytest.skip("the shipped keyword model (models/kws/default) does not exist yet")
+    wav, spans = two_keyword_wav(tmp_path)
+    node = EdgeProcess(model, None, node_id="edge-e2e-kws").start()  # embedded Redis
+    try:
+        cmd = [sys.executable, "-m", "services.cli", "device", "stream", str(wav), "--target", node.target,
+               "--device-id", "dev-kws", "--json", "--realtime"] + [a for k in KEYWORDS for a in ("--keyword", k)]
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=90)
+    finally:
+        node.terminate()
+        node.cleanup()
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [json.loads(x) for x in out.stdout.splitlines() if x.strip()]
+    thresholds = {k["text"]: k["threshold"] for k in lines[0]["keywords"]}
+    dets = [x for x in lines if x["type"] == "detection"]
+    for text, start, end in spans:
+        kw = "lights on" if "lights" in text else "stop music"
+        hits = [d for d in dets if d["keyword"] == kw and start <= d.get("fired_time", 0.0) <= end + 1.0]
+        assert hits, (f"the shipped model missed {kw!r} spoken at {start:.2f}-{end:.2f} s at its threshold "
+                      f"{thresholds[kw]:.3f}; detections: {dets}")
+        assert all(d["client_latency_ms"] < 1000 for d in hits), hits
+
+
+async def _run(node: EdgeProcess, url: str, wav: Path, keywords: list[str]):
     stop = asyncio.Event()
     events: list = []
     worker = asyncio.ensure_future(answer_events(url, node.node_id, stop, events))
@@ -111,7 +153,7 @@ async def _run(node: EdgeProcess, url: str, wav: Path):
     await asyncio.sleep(0.5)
     cmd = [sys.executable, "-m", "services.cli", "device", "stream", str(wav), "--target", node.target,
            "--device-id", "dev-e2e", "--json", "--realtime", "--wait", "4", "--attribute", "room=kitchen"]
-    for k in KEYWORDS:
+    for k in keywords:
         cmd += ["--keyword", k]
     t0 = time.monotonic()
     proc = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
