@@ -39,6 +39,9 @@ PACKAGES = [
     "diatheke", "libsword1.9.0", "libsword-common", "libclucene-core1v5", "python3.11-doc", "fortunes",
 ]
 SWORD_MODULES = {"web": "engWEB2015eb", "mhcc": "MHCC", "tdavid": "TDavid"}
+# diatheke stops inside the WEB's Psalms (a glossary is attached to an early psalm), so the WEB
+# is dumped around them; the KJV supplies the Psalms.
+WEB_RANGES = ["Genesis 1:1-Job 42:17", "Proverbs 1:1-Malachi 4:6", "Matthew 1:1-Revelation 22:21"]
 DOC_SEP = "\f"
 
 
@@ -89,8 +92,9 @@ def kjv_docs(root: Path) -> list[str]:
 
 def sword_docs(root: Path, module: str) -> list[str]:
     """A SWORD module dumped with diatheke; bibles per chapter, commentaries per paragraph."""
-    text = _run([str(root / "usr/bin/diatheke"), "-b", module, "-f", "plain",
-                 "-k", "Genesis 1:1-Revelation 22:21"], root)
+    ranges = WEB_RANGES if module == "engWEB2015eb" else ["Genesis 1:1-Revelation 22:21"]
+    text = "\n".join(_run([str(root / "usr/bin/diatheke"), "-b", module, "-f", "plain", "-k", k], root)
+                     for k in ranges)
     entries = re.split(r"^(?=(?:[1-3] )?[A-Z][A-Za-z ]+ \d+:\d+: )", text, flags=re.M)
     if module == "engWEB2015eb":
         chapters: dict[str, list[str]] = {}
@@ -184,6 +188,8 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/wakeline/llm_corpus")
     ap.add_argument("--out", type=Path, default=REPO / ".llmdata")
     ap.add_argument("--vocab-size", type=int, default=8192)
+    ap.add_argument("--tokenizer", type=Path, default=None,
+                    help="reuse this folder's tokenizer.json (e.g. models/llm/dense, to warm-start from it)")
     args = ap.parse_args()
     t0 = time.time()
     root = fetch(args.cache)
@@ -200,7 +206,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for name, docs in (("train", train), ("val", val)):
         (args.out / f"{name}.txt.xz").write_bytes(lzma.compress(DOC_SEP.join(docs).encode(), preset=6))
-    tok = train_tokenizer(train, vocab_size=args.vocab_size)
+    if args.tokenizer:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(args.tokenizer / "tokenizer.json"))
+    else:
+        tok = train_tokenizer(train, vocab_size=args.vocab_size)
     save_hf_tokenizer(tok, args.out / "tokenizer")
     stats["tokens"] = {"train": _save_ids(args.out / "train_ids.npy.xz", train, tok),
                        "val": _save_ids(args.out / "val_ids.npy.xz", val, tok)}
