@@ -125,3 +125,49 @@ def load_checkpoint(path: str | Path):
     matcher = Matcher()
     matcher.load_state_dict(ck["matcher"])
     return model, matcher, ck["table_emb"].numpy(), ck["table_logp"].numpy(), ck["config"]
+
+
+def encoder_from_onnx(path: str | Path) -> StreamingEncoder:
+    """Rebuild the torch encoder from an exported encoder.onnx (warm starts from a model dir).
+
+    Named initializers map to parameters directly; the exporter renames the linear layers'
+    weights (stored transposed for MatMul) in order of use: proj, then w1, w2 of each block, ctc, emb.
+    The result is checked against onnxruntime on random input.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    meta = {p.key: p.value for p in m.metadata_props}
+    model = StreamingEncoder(EncoderArgs(**json.loads(meta["encoder_args"]))).eval()
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    state = model.state_dict()
+    new = {}
+    for k in state:
+        if f"m.{k}" in inits:
+            new[k] = torch.from_numpy(inits[f"m.{k}"].copy())
+    order = ["proj.weight"] + [f"blocks.{i}.{w}.weight" for i in range(len(model.blocks)) for w in ("w1", "w2")]
+    order += ["ctc.weight", "emb.weight"]
+    used = []
+    for node in m.graph.node:
+        for name in node.input:
+            if name in inits and name.startswith("onnx::MatMul") and name not in used:
+                used.append(name)
+    if len(used) != len(order):
+        raise ValueError(f"{path}: {len(used)} renamed MatMul weights, expected {len(order)}")
+    for k, name in zip(order, used, strict=True):
+        new[k] = torch.from_numpy(inits[name].T.copy())
+    missing = set(state) - set(new)
+    if missing:
+        raise ValueError(f"{path}: no weights for {sorted(missing)}")
+    model.load_state_dict(new)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 20, model.args.n_mels)).astype(np.float32) * 3 - 8
+    c = np.zeros((1, model.args.cache_len, model.args.dim), np.float32)
+    ref = sess.run(None, {"feats": x, "cache": c})[1]
+    with torch.no_grad():
+        got = model.forward_chunk(torch.from_numpy(x), torch.from_numpy(c))[1].numpy()
+    if np.abs(got - ref).max() > 1e-3:
+        raise ValueError(f"{path}: rebuilt encoder disagrees with onnxruntime ({np.abs(got - ref).max():.2e})")
+    return model

@@ -15,18 +15,21 @@ from torch import nn
 from edge.scoring import CTC_FLOOR, LMAX, N_FEAT, NEG, NMAX, MatcherWeights
 
 
-def _lags(x: torch.Tensor, first: int, fill: float) -> torch.Tensor:
-    """x [B, T] -> [B, T, LMAX] with [..., j] = x[t - first - j] (fill before the start)."""
-    t = x.shape[1]
+def _lags(x: torch.Tensor, first: int, fill: float, idx: torch.Tensor) -> torch.Tensor:
+    """x [B, T] -> [B, T, LMAX] with [..., j] = x[t - first - j] (fill before the start).
+
+    idx [T, LMAX] = t + LMAX - 1 - j indexes the left-padded x for both values of `first`.
+    """
     padded = F.pad(x, (LMAX - 1 + first, 0), value=fill)  # [B, T + LMAX - 1 + first]
-    return padded.unfold(1, LMAX, 1)[:, :t].flip(-1)
+    return padded[:, idx]
 
 
-def dsp_partition(emb, logp, q, ids, n, w_sim: float, w_ctc: float):
+def dsp_partition(emb, logp, q, ids, n, w_sim: float, w_ctc: float, n_max: int | None = None):
     """Best monotonic partition ending at every frame.
 
     emb [B, T, E], logp [B, T, V], q [B, NMAX, E] text vectors, ids [B, NMAX], n [B] ->
     dp [B, T] (mean segment score), feats [B, T, NMAX, F] per-phoneme features of that partition.
+    n_max: max(n) when the caller knows it (saves a device sync).
     """
     b, t, _ = emb.shape
     dev = emb.device
@@ -36,21 +39,21 @@ def dsp_partition(emb, logp, q, ids, n, w_sim: float, w_ctc: float):
     d_fin = torch.full((b, t), NEG, device=dev, dtype=emb.dtype)
     p_fin = torch.zeros_like(p_prev)
     inv_l = 1.0 / torch.arange(1, LMAX + 1, device=dev, dtype=emb.dtype)
-    for i in range(int(n.max())):
+    idx = tt[:, None] + (LMAX - 1) - torch.arange(LMAX, device=dev)[None]  # [T, L]
+    eye = torch.eye(NMAX, device=dev, dtype=emb.dtype)
+    first_ok = torch.where(torch.arange(1, LMAX + 1, device=dev)[None] <= (tt[:, None] + 1), 0.0, NEG)
+    first_prev = first_ok.to(emb.dtype)[None].expand(b, t, LMAX)  # phoneme 0 may start anywhere
+    for i in range(int(n.max()) if n_max is None else n_max):
         s = torch.einsum("bte,be->bt", emb, q[:, i])
         c = torch.clamp(logp.gather(2, (ids[:, i] + 1)[:, None, None].expand(b, t, 1))[..., 0], min=CTC_FLOOR)
         c = c / -CTC_FLOOR + 1.0
-        s_l = _lags(s, 0, 0.0)  # [B, T, L]: s[t - l + 1]
-        c_l = _lags(c, 0, 0.0)
+        s_l = _lags(s, 0, 0.0, idx)  # [B, T, L]: s[t - l + 1]
+        c_l = _lags(c, 0, 0.0, idx)
         ms = torch.cumsum(s_l, dim=2) * inv_l
         xs = torch.cummax(s_l, dim=2).values
         xc = torch.cummax(c_l, dim=2).values
         g = w_sim * ms + w_ctc * xc
-        if i == 0:
-            ok = torch.arange(1, LMAX + 1, device=dev)[None] <= (tt[:, None] + 1)  # [T, L]
-            prev = torch.where(ok, 0.0, NEG).to(emb.dtype)[None].expand(b, t, LMAX)
-        else:
-            prev = _lags(d_prev, 1, NEG)  # D[i - 1, t - l]
+        prev = first_prev if i == 0 else _lags(d_prev, 1, NEG, idx)  # D[i - 1, t - l]
         cand = prev + g
         best = cand.argmax(dim=2)  # [B, T]
         d_i = cand.gather(2, best[..., None])[..., 0]
@@ -68,7 +71,7 @@ def dsp_partition(emb, logp, q, ids, n, w_sim: float, w_ctc: float):
         else:
             src_t = (tt[None] - best - 1).clamp(min=0)  # frame where phoneme i-1 ended
             base = p_prev.gather(1, src_t[:, :, None, None].expand(b, t, NMAX, N_FEAT))
-        onehot = F.one_hot(torch.tensor(i, device=dev), NMAX).to(emb.dtype)[None, None, :, None]
+        onehot = eye[i][None, None, :, None]
         p_i = base * (1 - onehot) + seg[:, :, None, :] * onehot
         is_last = (n == i + 1)[:, None]
         d_fin = torch.where(is_last, d_i, d_fin)

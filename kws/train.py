@@ -53,6 +53,7 @@ class TrainConfig:
     log_every: int = 50
     ckpt_every: int = 500
     max_minutes: float = 1e9
+    init_from: str = ""  # a model dir (encoder.onnx + phone_table.npz) to warm-start the encoder and tables
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -73,6 +74,7 @@ def collate(examples: list[dict], device) -> dict:
         "feats": torch.from_numpy(feats).to(device),
         "frames": torch.from_numpy(frames).to(device),
         "lens": torch.tensor([len(e["frames"]) for e in examples], device=device),
+        "any_frames": bool((frames >= 0).any()),
     }
 
 
@@ -118,6 +120,8 @@ class Trainer:
         e = self.model.args.emb_dim
         self.table_emb = F.normalize(torch.randn(N_PHONES, e, device=self.device), dim=-1)
         self.table_logp = torch.full((N_PHONES, self.model.args.n_tokens), -math.log(40.0), device=self.device)
+        if cfg.init_from:
+            self._warm_start(Path(cfg.init_from))
         params = list(self.model.parameters()) + list(self.matcher.parameters())
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
         self.step = 0
@@ -135,6 +139,18 @@ class Trainer:
             return c.lr * (step + 1) / c.warmup
         frac = max((step - c.warmup) / max(1, c.steps - c.warmup), elapsed_min / c.max_minutes)
         return c.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+    def _warm_start(self, model_dir: Path) -> None:
+        from kws.export import encoder_from_onnx
+
+        enc = encoder_from_onnx(model_dir / "encoder.onnx")
+        if enc.args.to_dict() != self.model.args.to_dict():
+            raise ValueError(f"init_from {model_dir}: encoder shape {enc.args} differs from {self.model.args}")
+        self.model.load_state_dict(enc.state_dict())
+        tab = np.load(model_dir / "phone_table.npz")
+        self.table_emb = torch.from_numpy(tab["emb"]).to(self.device)
+        self.table_logp = torch.from_numpy(tab["logp"]).to(self.device)
+        log.info("%s: warm start from %s", self.cfg.name, model_dir)
 
     @torch.no_grad()
     def _update_tables(self, emb, logp, frames):
@@ -164,26 +180,33 @@ class Trainer:
                          torch.tensor([len(x) for x in tgt], device=dev), zero_infinity=True)
         frames = bt["frames"][:, :t]
         m = frames >= 0
-        proto = F.cross_entropy(emb[m] @ self.table_emb.T / c.tau, frames[m]) if m.any() else ctc * 0
+        proto = F.cross_entropy(emb[m] @ self.table_emb.T / c.tau, frames[m]) if bt["any_frames"] else ctc * 0
         self._update_tables(emb.detach(), logp.detach(), frames)
         out = {"ctc": ctc, "proto": proto}
         if not c.use_matcher:
             return out  # DSP only: the partition score needs no trained matcher
         rows = build_rows(examples, self.rng, c.confusable)
-        src = torch.tensor([r[0] for r in rows], device=dev)
-        n = torch.tensor([len(r[1]) for r in rows], device=dev)
-        ids = torch.zeros(len(rows), NMAX, dtype=torch.long, device=dev)
-        sub_y = torch.zeros(len(rows), NMAX, device=dev)
-        sub_m = torch.zeros(len(rows), NMAX, dtype=torch.bool, device=dev)
-        for r, row in enumerate(rows):
-            ids[r, : len(row[1])] = torch.tensor(row[1])
+        r_n = len(rows)
+        ids_np = np.zeros((r_n, NMAX), np.int64)
+        sub_y_np = np.zeros((r_n, NMAX), np.float32)
+        sub_m_np = np.zeros((r_n, NMAX), bool)
+        for r, row in enumerate(rows):  # numpy here, one host-to-device copy per array below
+            ids_np[r, : len(row[1])] = row[1]
             if row[4] is not None:
-                sub_y[r, : len(row[4])] = torch.tensor(row[4], dtype=torch.float)
-                sub_m[r, : len(row[4])] = True
-        label = torch.tensor([r[2] for r in rows], device=dev)
-        anchor = torch.tensor([r[3] for r in rows], device=dev).clamp(max=t - 1)
+                sub_y_np[r, : len(row[4])] = row[4]
+                sub_m_np[r, : len(row[4])] = True
+
+        def dev_t(a):
+            return torch.from_numpy(np.asarray(a)).to(dev, non_blocking=True)
+
+        src = dev_t(np.array([r[0] for r in rows], np.int64))
+        n = dev_t(np.array([len(r[1]) for r in rows], np.int64))
+        ids, sub_y, sub_m = dev_t(ids_np), dev_t(sub_y_np), dev_t(sub_m_np)
+        label = dev_t(np.array([r[2] for r in rows], np.int64))
+        anchor = dev_t(np.array([r[3] for r in rows], np.int64)).clamp(max=t - 1)
         q = self.table_emb[ids]
-        dp, feats = dsp_partition(emb[src], logp[src], q, ids, n, c.w_sim, c.w_ctc)
+        dp, feats = dsp_partition(emb[src], logp[src], q, ids, n, c.w_sim, c.w_ctc,
+                                  n_max=max(len(r[1]) for r in rows))
         mask = torch.arange(NMAX, device=dev)[None] < n[:, None]
         logits, sub = self.matcher(feats, mask[:, None].expand(-1, t, -1), dp, n[:, None].expand(-1, t))
         y, valid = frame_targets(anchor, label, t)

