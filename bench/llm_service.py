@@ -37,14 +37,7 @@ sys.path[:0] = [str(REPO), str(REPO / "protos")]
 
 from services.llm.client import LlmClient, build_request  # noqa: E402
 from services.llm.testing import ServiceProcess, make_tiny_llama, start_llm, start_worker  # noqa: E402
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from services.testing import free_port  # noqa: E402
 
 # The worker's request for a keyword event (the service's main workload), as chat messages.
 CHAT = [{"role": "system", "content": "You are Wakeline, a helpful voice assistant. Answer in one short sentence."},

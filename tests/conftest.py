@@ -12,13 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from services.testing import free_port  # noqa: F401 - tests import it from here
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def redis_server_binary() -> str | None:

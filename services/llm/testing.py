@@ -11,6 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from services.testing import ServiceProcess, grpc_serving
+
+__all__ = ["CHAT_TEMPLATE", "ServiceProcess", "grpc_serving", "make_tiny_llama", "start_llm", "start_worker"]
+
 _TEXT = ("turn the lights on in the kitchen please. stop the music. what time is it? "
          "the quick brown fox jumps over the lazy dog. hello world, wakeline answers in one sentence. ")
 CHAT_TEMPLATE = ("{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}{% endfor %}"
@@ -59,95 +63,6 @@ def make_tiny_llama(out: str | Path, *, hidden: int = 64, layers: int = 2, heads
         model = model.to(getattr(torch, dtype))
     model.save_pretrained(out, safe_serialization=True)
     return out
-
-
-class ServiceProcess:
-    """`python -m services.cli ARGS...` in a subprocess with its log in a file (tests and benchmarks).
-
-    `start(ready)` waits until `ready()` is true (e.g. gRPC health SERVING) or the log shows `ready_line`.
-    """
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None,
-                 workdir: str | Path | None = None) -> None:
-        import tempfile
-
-        self.name, self.args = name, list(args)
-        self.env = dict(env or {})
-        self.dir = Path(workdir or tempfile.mkdtemp(prefix=f"wl-{name}-"))
-        self.log_path = self.dir / f"{name}.log"
-        self.proc = None
-
-    def start(self, ready=None, ready_line: str | None = None, timeout: float = 120.0) -> ServiceProcess:
-        import os
-        import subprocess
-        import sys
-        import time
-
-        repo = Path(__file__).resolve().parents[2]
-        path = os.pathsep.join(p for p in (str(repo), str(repo / "protos"), os.environ.get("PYTHONPATH")) if p)
-        env = {**os.environ, "PYTHONPATH": path, **self.env}
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen([sys.executable, "-u", "-m", "services.cli", *self.args], cwd=repo, env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if (ready is not None and ready()) or (ready_line and ready_line in self.log_tail(100_000)):
-                return self
-            time.sleep(0.1)
-        self.kill()
-        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s:\n{self.log_tail()}")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, n: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def kill(self) -> None:
-        """SIGKILL (kill -9) and reap."""
-        if self.alive():
-            self.proc.kill()
-            self.proc.wait()
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait (SIGKILL after `timeout`); returns the exit code."""
-        import subprocess
-
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return self.proc.returncode
-
-    def cleanup(self) -> None:
-        import shutil
-
-        self.kill()
-        if getattr(self, "_log", None):
-            self._log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def grpc_serving(target: str, service: str = "") -> bool:
-    """True when `target`'s standard health service reports `service` SERVING."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(target) as ch:
-        try:
-            r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
-        except grpc.RpcError:
-            return False
-    return r.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def start_llm(model: str | Path, port: int, env: dict | None = None, timeout: float = 180.0) -> ServiceProcess:
