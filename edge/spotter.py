@@ -22,6 +22,7 @@ from edge.stream import Stream
 
 CHUNK_FRAMES = 10  # feature frames per decode step: 100 ms
 REFRACTORY_S = 1.0
+PEAK_HOLD = 5  # frames (100 ms) a rising score may delay a detection
 CALIBRATION_TEXTS = 12
 
 

@@ -30,6 +30,7 @@ class Stream:
         self._kw: list[EnrolledKeyword] = []
         self._thr: list[float] = []
         self._last_fire: list[float] = []
+        self._peak: list[tuple | None] = []  # pending (score, end, start, frames held) while rising
         self._rows = None
         self._dsp: DSPState | None = None
         self._results: list[Detection] = []
@@ -53,6 +54,7 @@ class Stream:
         self._kw.append(kw)
         self._thr.append(kw.threshold if threshold is None else float(threshold))
         self._last_fire.append(-math.inf)
+        self._peak.append(None)
         self._rebuild(old, list(range(len(self._kw) - 1)))
         return kw
 
@@ -64,7 +66,7 @@ class Stream:
         i = self.keywords.index(key)
         old = self._dsp
         keep = [j for j in range(len(self._kw)) if j != i]
-        for lst in (self._kw, self._thr, self._last_fire):
+        for lst in (self._kw, self._thr, self._last_fire, self._peak):
             del lst[i]
         self._rebuild(old, keep)
         return True
@@ -138,7 +140,7 @@ class Stream:
 
     def consume(self, emb: np.ndarray, logp: np.ndarray) -> None:
         """Feed encoder output frames [n, E], [n, V] to the keyword scorers."""
-        from edge.spotter import REFRACTORY_S, Detection
+        from edge.spotter import PEAK_HOLD, REFRACTORY_S, Detection
 
         for t in range(len(emb)):
             step = self.steps
@@ -150,14 +152,22 @@ class Stream:
             dp, feats, plen = self._dsp.step(s_t, c_t)
             score = keyword_score(self._sp.matcher, feats, mask, dp, n)
             now = self._frame_end_time(step)
-            for k in np.nonzero(score >= np.asarray(self._thr))[0]:
-                if now - self._last_fire[k] < REFRACTORY_S:
-                    continue
-                self._last_fire[k] = now
-                start = max(0.0, now - plen[k] * 0.001 * float(self._sp.metadata["frame_shift_ms"]))
-                self._results.append(
-                    Detection(self._kw[k].text, float(score[k]), self._thr[k], start, now, now)
-                )
+            shift = 0.001 * float(self._sp.metadata["frame_shift_ms"])
+            for k in range(len(self._kw)):
+                pk = self._peak[k]
+                if pk is not None:
+                    # fire on the first frame after the peak (or after PEAK_HOLD frames of rising score):
+                    # the reported score is then the peak, so one low-threshold run gives every threshold
+                    if score[k] > pk[0] and pk[3] < PEAK_HOLD:
+                        self._peak[k] = (float(score[k]), now, now - plen[k] * shift, pk[3] + 1)
+                        continue
+                    self._peak[k] = None
+                    self._last_fire[k] = now
+                    self._results.append(
+                        Detection(self._kw[k].text, pk[0], self._thr[k], max(0.0, pk[2]), pk[1], now)
+                    )
+                elif score[k] >= self._thr[k] and now - self._last_fire[k] >= REFRACTORY_S:
+                    self._peak[k] = (float(score[k]), now, now - plen[k] * shift, 0)
 
     def results(self) -> list[Detection]:
         """Detections since the last call (and clears them)."""
