@@ -14,13 +14,13 @@ import collections
 import dataclasses
 import logging
 import queue
-import sys
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from llm.sampling import SamplingParams
 from services.llm.detok import IncrementalDetokenizer
 from services.llm.metrics import LlmMetrics
 
@@ -38,20 +38,6 @@ class PromptTooLong(ValueError):
         super().__init__(f"prompt has {prompt_tokens} tokens; the model's context is {max_context} tokens "
                          f"(at most {max_context - 1} prompt tokens leave room for one generated token)")
         self.prompt_tokens, self.max_context = prompt_tokens, max_context
-
-
-@dataclass
-class Sampling:
-    """Per-request sampling, mirrored from wakeline.v1.SamplingParams (0 = off / default)."""
-
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    max_tokens: int = 0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    ignore_eos: bool = False  # not on the wire: benchmarks use it for fixed-length generations
 
 
 @dataclass
@@ -91,16 +77,6 @@ class RequestState:
         return q, ttft, (end - self.t_submit) * 1e3
 
 
-def _engine_sampling(engine_module, s: Sampling, max_tokens: int):
-    """Build the engine's SamplingParams from the fields it has (stop strings are applied here)."""
-    cls = engine_module.SamplingParams
-    want = {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p or 1.0,
-            "repetition_penalty": s.repetition_penalty or 1.0, "max_tokens": max_tokens, "seed": s.seed,
-            "ignore_eos": s.ignore_eos}
-    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set(want)
-    return cls(**{k: v for k, v in want.items() if k in names})
-
-
 class EngineRunner:
     """Serves one engine to many asyncio callers with iteration-level batching.
 
@@ -119,8 +95,6 @@ class EngineRunner:
         if max_pending_requests < 1 or max_pending_tokens < 1:
             raise ValueError("max_pending_requests and max_pending_tokens must be >= 1")
         self.engine = engine
-        # SamplingParams comes from the engine's own module (llm.engine for the real one)
-        self._engine_module = sys.modules[type(engine).__module__]
         self.tokenizer = engine.tokenizer
         self.max_context = int(engine.max_context)
         self.max_pending_requests = max_pending_requests
@@ -177,12 +151,16 @@ class EngineRunner:
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text))
 
-    def submit(self, prompt_ids: list[int], sampling: Sampling | None = None,
+    def submit(self, prompt_ids: list[int], sampling: SamplingParams | None = None,
                request_id: str | None = None) -> RequestState:
-        """Admit a request or raise `PromptTooLong` / `AdmissionError` at once; it joins the next step."""
+        """Admit a request or raise `PromptTooLong` / `AdmissionError` at once; it joins the next step.
+
+        `sampling.max_tokens` is capped by `max_tokens_limit` and the room left in the context;
+        None samples greedily with `default_max_tokens`. Its stop strings are applied here.
+        """
         if self.error is not None:
             raise RuntimeError(f"engine thread died: {self.error!r}")
-        sampling = sampling or Sampling()
+        sampling = sampling or SamplingParams(max_tokens=self.default_max_tokens)
         rid = request_id or uuid.uuid4().hex
         if rid in self._reqs:
             raise ValueError(f"request id {rid!r} is already running")
@@ -191,8 +169,7 @@ class EngineRunner:
             raise ValueError("empty prompt")
         if n >= self.max_context:
             raise PromptTooLong(n, self.max_context)
-        max_tokens = min(sampling.max_tokens or self.default_max_tokens, self.max_tokens_limit,
-                         self.max_context - n)
+        max_tokens = min(sampling.max_tokens, self.max_tokens_limit, self.max_context - n)
         budget = n + max_tokens
         if len(self._reqs) >= self.max_pending_requests:
             self.metrics.rejected.labels("requests").inc()
@@ -208,7 +185,8 @@ class EngineRunner:
         self._pending_tokens += budget
         self.metrics.prompt_tokens.inc(n)
         self._gauges()
-        params = _engine_sampling(self._engine_module, sampling, max_tokens)
+        # stop strings are cut by this runner's detokenizer, so the engine gets none
+        params = dataclasses.replace(sampling, max_tokens=max_tokens, stop=[])
         self._cmds.put(("add", rid, (list(map(int, prompt_ids)), params)))
         return st
 
@@ -234,7 +212,7 @@ class EngineRunner:
             if not st.finished:
                 self.abort(st.request_id)
 
-    async def generate(self, prompt_ids: list[int], sampling: Sampling | None = None,
+    async def generate(self, prompt_ids: list[int], sampling: SamplingParams | None = None,
                        request_id: str | None = None) -> tuple[RequestState, str, list[int]]:
         """Whole generation: (state, text, completion token ids)."""
         st = self.submit(prompt_ids, sampling, request_id)

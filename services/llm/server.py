@@ -20,8 +20,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from wakeline.v1 import bus_pb2, llm_pb2, llm_pb2_grpc
 
+from llm.sampling import SamplingParams
 from services.llm.auth import BearerAuthInterceptor
-from services.llm.runner import AdmissionError, EngineRunner, PromptTooLong, Sampling
+from services.llm.runner import AdmissionError, EngineRunner, PromptTooLong
 from services.llm.settings import LlmSettings
 
 log = logging.getLogger("wakeline.llm.server")
@@ -30,11 +31,13 @@ SERVICE = llm_pb2.DESCRIPTOR.services_by_name["LlmService"].full_name
 _DEADLINE_MARGIN_S = 0.02
 
 
-def sampling_from_proto(p: llm_pb2.SamplingParams) -> Sampling:
-    """wakeline.v1.SamplingParams -> Sampling (0 means off / server default)."""
-    return Sampling(temperature=max(0.0, p.temperature), top_k=max(0, p.top_k), top_p=p.top_p or 1.0,
-                    repetition_penalty=p.repetition_penalty or 1.0, max_tokens=max(0, p.max_tokens),
-                    stop=list(p.stop), seed=p.seed if p.HasField("seed") else None)
+def sampling_from_proto(p: llm_pb2.SamplingParams, default_max_tokens: int) -> SamplingParams:
+    """wakeline.v1.SamplingParams -> llm SamplingParams; 0 on the wire means off, or for max_tokens
+    `default_max_tokens` (the runner then caps it); raises ValueError on out-of-range values."""
+    return SamplingParams(temperature=max(0.0, p.temperature), top_k=max(0, p.top_k), top_p=p.top_p or 1.0,
+                          repetition_penalty=p.repetition_penalty or 1.0,
+                          max_tokens=p.max_tokens if p.max_tokens > 0 else default_max_tokens,
+                          stop=list(p.stop), seed=p.seed if p.HasField("seed") else None)
 
 
 def model_info(engine, model_dir: Path, device: str, tp: int) -> llm_pb2.ModelInfoResponse:
@@ -80,7 +83,8 @@ class LlmServicer(llm_pb2_grpc.LlmServiceServicer):
                 ids = self.runner.encode(request.prompt)
             else:
                 raise ValueError("empty request: set `prompt` or `chat`")
-            return self.runner.submit(ids, sampling_from_proto(request.sampling), request.request_id or None)
+            sampling = sampling_from_proto(request.sampling, self.runner.default_max_tokens)
+            return self.runner.submit(ids, sampling, request.request_id or None)
         except AdmissionError as e:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         except PromptTooLong as e:
@@ -197,7 +201,7 @@ def load_engine(settings: LlmSettings):
 async def warm_up(runner: EngineRunner) -> None:
     """One short generation through the whole path, so the first real request pays no start-up cost."""
     ids = runner.encode("Hello")
-    await runner.generate(ids or [0], Sampling(max_tokens=4))
+    await runner.generate(ids or [0], SamplingParams(max_tokens=4))
 
 
 class LlmServer:

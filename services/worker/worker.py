@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import grpc
 from wakeline.v1 import bus_pb2
 
-from services.llm.runner import AdmissionError, EngineRunner, PromptTooLong, Sampling
+from llm.sampling import SamplingParams
+from services.llm.runner import AdmissionError, EngineRunner, PromptTooLong
 from services.worker.prompts import PromptBook
 from services.worker.settings import WorkerSettings
 
@@ -57,7 +58,7 @@ class LocalBackend:
         await warm_up(runner)
         return cls(runner)
 
-    async def complete(self, messages: list[dict], sampling: Sampling, timeout: float) -> Reply:
+    async def complete(self, messages: list[dict], sampling: SamplingParams, timeout: float) -> Reply:
         try:
             ids = self.runner.encode_chat(messages)
             st = self.runner.submit(ids, sampling)
@@ -98,7 +99,7 @@ class GrpcBackend:
         await b.client.wait_ready(timeout=600)
         return b
 
-    async def complete(self, messages: list[dict], sampling: Sampling, timeout: float) -> Reply:
+    async def complete(self, messages: list[dict], sampling: SamplingParams, timeout: float) -> Reply:
         from services.llm.client import build_request
 
         req = build_request(messages=messages, max_tokens=sampling.max_tokens, temperature=sampling.temperature)
@@ -144,8 +145,8 @@ class KeywordWorker:
         if not event.edge_node:
             raise PermanentError(f"event {event.event_id} has no edge_node to answer to")
         messages, tpl = self.prompts.render(event)
-        sampling = Sampling(max_tokens=tpl.max_tokens or self.prompts.max_tokens or self.max_tokens,
-                            temperature=self.temperature if tpl.temperature is None else tpl.temperature)
+        sampling = SamplingParams(max_tokens=tpl.max_tokens or self.prompts.max_tokens or self.max_tokens,
+                                  temperature=self.temperature if tpl.temperature is None else tpl.temperature)
         ans = bus_pb2.Answer(answer_id=answer_id(event.event_id), event_id=event.event_id,
                              trace_id=event.trace_id, device_id=event.device_id, edge_node=event.edge_node,
                              keyword=event.keyword)
