@@ -88,6 +88,14 @@ def redis_url(redis_proc) -> str:
     return redis_proc.url
 
 
+@pytest.fixture(scope="module")
+def redis_mod():
+    """One Redis server for a whole test module (modules whose services outlive a single test)."""
+    r = RedisProcess().start()
+    yield r
+    r.kill()
+
+
 @pytest.fixture(autouse=True)
 def _no_network_hubs(monkeypatch):
     # Nothing may be fetched from model hubs at run time.

@@ -20,7 +20,7 @@ import uuid
 import pytest
 from wakeline.v1 import bus_pb2
 
-from tests.conftest import REPO, RedisProcess, free_port
+from tests.conftest import REPO, free_port
 
 pytest.importorskip("llm.engine", reason="the LLM engine (llm/engine.py) is not in this checkout yet")
 
@@ -28,13 +28,6 @@ from services.llm.testing import make_tiny_llama, start_llm, start_worker  # noq
 
 DEFAULT_LLM = REPO / "models" / "llm" / "dense"
 DEFAULT_KWS = REPO / "models" / "kws" / "default"
-
-
-@pytest.fixture(scope="module")
-def redis_mod():
-    r = RedisProcess().start()
-    yield r
-    r.kill()
 
 
 @pytest.fixture(scope="module")

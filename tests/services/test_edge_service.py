@@ -18,7 +18,6 @@ from wakeline.v1 import audio_pb2, bus_pb2, edge_pb2, edge_pb2_grpc
 from services.edge.audio import encode_audio
 from services.edge.client import DeviceAudio, auth_metadata, keyword_specs, open_channel, stream_device
 from services.edge.testing import EdgeProcess, health_status
-from tests.conftest import RedisProcess
 
 PCM16, F32 = audio_pb2.AUDIO_ENCODING_PCM16, audio_pb2.AUDIO_ENCODING_FLOAT32
 MAX_KEYWORDS = 4
@@ -37,13 +36,6 @@ def edge_model_dir(tmp_path_factory) -> Path:
     except ImportError as e:
         pytest.skip(f"kws.export.export_untrained unavailable ({e}); set WAKELINE_TEST_KWS_MODEL_DIR")
     return export_untrained(tmp_path_factory.mktemp("kws-untrained"))
-
-
-@pytest.fixture(scope="module")
-def redis_mod():
-    r = RedisProcess().start()
-    yield r
-    r.kill()
 
 
 @pytest.fixture(scope="module")
