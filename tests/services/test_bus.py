@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 
 import pytest
@@ -72,6 +73,14 @@ def test_config_validation_and_settings(monkeypatch):
     monkeypatch.setenv("WAKELINE_BUS_MAX_DELIVERIES", "7")
     c = BusSettings().to_config()
     assert (c.url, c.max_deliveries) == ("redis://u:secret@h:1/0", 7)
+
+
+def test_bus_settings_defaults_are_the_config_defaults(monkeypatch):
+    # BusSettings repeats BusConfig's fields (settings for main(), a dataclass for the library):
+    # with no WAKELINE_BUS_* set, the two must agree
+    for k in [k for k in os.environ if k.startswith("WAKELINE_BUS_")]:
+        monkeypatch.delenv(k)
+    assert BusSettings().to_config() == BusConfig()
 
 
 def test_envelope_roundtrip_and_validation():
