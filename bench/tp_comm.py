@@ -12,15 +12,14 @@ the smallest size from which the quantized path is faster at every larger size.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tp_common import median_max_over_ranks, tp_parser, write_json  # bench/ is the script's directory
 
 from llm.kernels import quantize_pack as qp
 from llm.parallel import comm
@@ -49,9 +48,7 @@ def timer(fn, iters: int, warmup: int, device: torch.device) -> float:
             t = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - t)
-    med = torch.tensor([statistics.median(ts)], dtype=torch.float64, device=device)
-    dist.all_reduce(med, op=dist.ReduceOp.MAX)
-    return med.item()
+    return median_max_over_ranks(ts, device)
 
 
 def fake_calibration(world: int, k_div: int = 64) -> Calibration:
@@ -95,12 +92,7 @@ def plot(paths: list[str], png: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--plot", nargs="+", help="JSON files to plot into --png (no benchmark is run)")
-    ap.add_argument("--png", default="docs/tp_comm.png")
-    ap.add_argument("--out")
-    ap.add_argument("--tag", default="nvlink")
-    ap.add_argument("--device", default=None)
+    ap = tp_parser(__doc__, "docs/tp_comm.png")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--max-mb", type=float, default=128)
     args = ap.parse_args()
@@ -173,9 +165,7 @@ def main() -> None:
            "nccl_p2p_disable": os.environ.get("NCCL_P2P_DISABLE", ""), "gate_min_bytes": gate,
            "smoke": smoke, "rows": rows_out}
     if st.rank == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+        write_json(args.out, res)
         print(f"gate (quantized faster from here up): {gate} bytes; bits/value {res['bits_per_value']:.3f}")
     dist.barrier()
     dist.destroy_process_group()

@@ -13,15 +13,14 @@ gate (decode-sized messages stay on NCCL).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tp_common import median_max_over_ranks, tp_parser, write_json  # bench/ is the script's directory
 
 from llm.model import ModelArgs, Transformer
 from llm.parallel import comm
@@ -51,9 +50,7 @@ def timed(fn, dev, reps: int) -> float:
         fn()
         sync(dev)
         ts.append(time.perf_counter() - t)
-    med = torch.tensor([statistics.median(ts)], dtype=torch.float64, device=dev)
-    dist.all_reduce(med, op=dist.ReduceOp.MAX)
-    return med.item()
+    return median_max_over_ranks(ts, dev)
 
 
 def build(shape: dict, dev: torch.device, dtype: torch.dtype) -> Transformer:
@@ -97,12 +94,7 @@ def plot(paths: list[str], png: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--plot", nargs="+", help="JSON files to plot into --png (no benchmark is run)")
-    ap.add_argument("--png", default="docs/tp_e2e.png")
-    ap.add_argument("--out")
-    ap.add_argument("--tag", default="nvlink")
-    ap.add_argument("--device", default=None)
+    ap = tp_parser(__doc__, "docs/tp_e2e.png")
     ap.add_argument("--prompts", default="2048,8192")
     args = ap.parse_args()
     if args.plot:
@@ -168,9 +160,7 @@ def main() -> None:
         for name in ("quant_one_shot", "quant_two_shot"):
             d[name]["ttft_reduction"] = 1 - d[name]["ttft_s"] / base
     if st.rank == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+        write_json(args.out, res)
         for s, d in res["prefill"].items():
             print(f"TTFT reduction at {s}: one-shot {d['quant_one_shot']['ttft_reduction']:.1%}, "
                   f"two-shot {d['quant_two_shot']['ttft_reduction']:.1%}")
