@@ -6,6 +6,8 @@ device ids; a trailing `*` in a device pattern matches any suffix). `#` starts a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
 import grpc
@@ -83,11 +85,23 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return _deny(handler)
 
 
+async def _read_first(request_or_iterator) -> None:
+    """Take the client's first message (waiting at most 1 s) before aborting a request stream:
+    aborting while the client is still writing races in gRPC core, and the client then sees
+    INTERNAL instead of UNAUTHENTICATED (see EdgeServicer.Stream)."""
+    if not hasattr(request_or_iterator, "__aiter__"):
+        return
+    with contextlib.suppress(StopAsyncIteration, asyncio.TimeoutError):
+        await asyncio.wait_for(request_or_iterator.__aiter__().__anext__(), 1.0)
+
+
 def _deny(handler):
     async def abort(request_or_iterator, context):
+        await _read_first(request_or_iterator)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
 
     async def abort_stream(request_or_iterator, context):
+        await _read_first(request_or_iterator)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
         yield  # pragma: no cover - makes this an async generator
 
