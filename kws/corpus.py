@@ -206,6 +206,40 @@ def new_pool(workers: int):
     return pool
 
 
+class LiveCorpus:
+    """Keeps synthesizing training examples in worker processes while a model trains on the list.
+
+    `data` starts as the stored corpus and grows as jobs finish (a background thread appends;
+    list.append is atomic), so training sees fresh sentences, voices and augmentations instead of
+    repeating a small corpus many times. `close()` stops the workers.
+    """
+
+    def __init__(self, data: list[dict], workers: int, split: str = "train", seed: int = 1000,
+                 job_size: int = 100, lo: int = 1, hi: int = 5, max_examples: int = 400_000):
+        import threading
+
+        self.data = data
+        self.made = 0
+        self._pool = new_pool(workers)
+        jobs = ((seed * 100003 + i, job_size, split, lo, hi, True, None, 1e18)
+                for i in range(max_examples // job_size))
+        self._it = self._pool.imap_unordered(_worker, jobs)
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for part in self._it:
+            if self._stop:
+                return
+            self.data.extend(part)
+            self.made += len(part)
+
+    def close(self) -> None:
+        self._stop = True
+        self._pool.terminate()
+
+
 def generate(count: int, split: str = "train", seed: int = 0, workers: int = 1, lo: int = 1, hi: int = 5,
              aug: bool = True, texts: list[str] | None = None, max_seconds: float = 1e9,
              job_size: int = 250, stall_seconds: float = 90.0, pool=None) -> list[dict]:

