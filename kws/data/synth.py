@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import wave
 
 import numpy as np
 
@@ -60,12 +61,13 @@ def synth_flite(text: str, voice: str = "slt", rate: float = 1.0, pitch: float =
                "--setf", f"int_f0_target_mean={_FLITE_F0.get(voice, 110.0) * pitch:.1f}",
                "-t", " ".join(words), "-o", path]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
-        import soundfile as sf
-
-        audio, sr = sf.read(path, dtype="float32", always_2d=True)
+        # Flite writes 16-bit PCM WAV: the standard library reads it (no soundfile on GPU machines)
+        with wave.open(path, "rb") as w:
+            sr, ch = w.getframerate(), w.getnchannels()
+            pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16).reshape(-1, ch)
     finally:
         os.unlink(path)
-    audio = espeak.resample(audio.mean(axis=1), sr)
+    audio = espeak.resample(pcm.astype(np.float32).mean(axis=1) / 32768.0, sr)
     timed, prev = [], 0.0
     for item in out.split():
         name, _, end = item.rpartition(":")
