@@ -120,12 +120,21 @@ class PrefillGraphs:
     it writes (positions n..L-1) are overwritten by decode before anything reads them. Saves the
     host-side launch cost of ~50 kernels per layer, which dominates a 1k-token prefill on an H100.
     MoE layers that would take the per-expert (host-syncing) path are not captured.
+
+    Two rules the graphs depend on (both broke in the first version, issue #6):
+    - every static input the graph reads (tokens, positions, slot, last index) is a view of one
+      buffer kept by the entry: a replay reads raw addresses, and a freed input's memory is soon
+      reused by the caching allocator (garbage positions: wrong tokens, then out-of-range gathers);
+    - the eager warm-up before a capture really runs, so it runs with every position parked at the
+      spare last cache position, which no request ever reads: it may not write any slot's rows.
     """
 
     def __init__(self, model, cache_len: int, min_len: int = 64):
         self.model = model
+        self.cache_len = cache_len
         self.buckets = _buckets(min(min_len, cache_len), cache_len)
         self.graphs: dict[int, tuple] = {}
+        self.failed: set[int] = set()
         self.pool = None
         self._moes = [m for m in model.modules() if isinstance(m, MoE)]
 
@@ -134,37 +143,64 @@ class PrefillGraphs:
         return all(length <= m.dense_max_tokens or length * m._expert_macs() <= m.dense_max_macs
                    for m in self._moes)
 
-    def _capture(self, L: int):
-        dev = self.model.device
-        tok = torch.zeros(1, L, dtype=torch.long, device=dev)
-        pos = torch.arange(L, device=dev)[None]
-        slot = torch.zeros(1, dtype=torch.long, device=dev)
-        last = torch.zeros(1, dtype=torch.long, device=dev)
+    def _static_inputs(self, L: int) -> tuple[torch.Tensor, ...]:
+        """(buf, tok [1, L], pos [1, L], slot [1], last [1]): views of one buffer, positions parked."""
+        buf = torch.zeros(2 * L + 2, dtype=torch.long, device=self.model.device)
+        tok, slot, last, pos = buf[:L].view(1, L), buf[L:L + 1], buf[L + 1:L + 2], buf[L + 2:].view(1, L)
+        pos.fill_(self.cache_len - 1)
+        return buf, tok, pos, slot, last
 
-        def fwd():
-            return self.model(tok, pos, slot, kv_len=L, fresh=True, logits_index=last)[:, 0]
-
+    def _warmup(self, fwd) -> None:
+        if self.model.device.type != "cuda":
+            fwd()
+            return
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
             fwd()
         torch.cuda.current_stream().wait_stream(s)
+
+    def _graph(self, fwd):
+        """(graph with .replay(), its static output): the one CUDA-only step."""
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g, pool=self.pool):
-            logits = fwd()
+            out = fwd()
         self.pool = g.pool()
-        return g, tok, slot, last, logits
+        return g, out
+
+    def _capture(self, L: int):
+        _, tok, pos, slot, last = self._static_inputs(L)
+
+        def fwd():
+            return self.model(tok, pos, slot, kv_len=L, fresh=True, logits_index=last)[:, 0]
+
+        self._warmup(fwd)
+        g, logits = self._graph(fwd)
+        # only now the real positions: the warm-up above ran (and wrote KV) at the parked one
+        pos.copy_(torch.arange(L, device=pos.device)[None])
+        return g, tok, slot, last, logits  # tok is a view of the buffer: pos stays alive with it
 
     def run(self, slot: int, tokens: list[int]) -> torch.Tensor | None:
-        """Logits [1, V] after `tokens` prefilled from position 0 into `slot` (None: run eager)."""
+        """Logits [1, V] after `tokens` prefilled from position 0 into `slot` (None: run eager).
+
+        The logits are a fresh tensor (not the graph's output buffer, which the next replay of
+        this or another bucket overwrites).
+        """
         n = len(tokens)
         L = min((b for b in self.buckets if b >= n), default=None)
-        if L is None or not self._capturable(L) or self.model.layers[0].attention.return_last_attn:
+        if L is None or L in self.failed or not self._capturable(L):
+            return None
+        if self.model.layers[0].attention.return_last_attn:
             return None
         if any(m.observer is not None for m in self._moes):  # a replay would not call it
             return None
         if L not in self.graphs:
-            self.graphs[L] = self._capture(L)
+            try:
+                self.graphs[L] = self._capture(L)
+            except Exception as e:  # e.g. out of memory: stay eager for this length
+                log.warning("prefill graph capture for %d tokens failed (%s); running eager", L, e)
+                self.failed.add(L)
+                return None
         g, tok, slot_buf, last, logits = self.graphs[L]
         host = torch.zeros(1, L + 2, dtype=torch.long)
         host[0, :n] = torch.tensor(tokens, dtype=torch.long)
@@ -174,4 +210,4 @@ class PrefillGraphs:
         slot_buf.copy_(dev_host[0, L:L + 1])
         last.copy_(dev_host[0, L + 1:])
         g.replay()
-        return logits
+        return logits.clone()
