@@ -58,3 +58,54 @@ def test_prefill_graphs_match_eager_prefill(checkpoints, arch):
     got = eng.generate_ids(ids, SamplingParams(max_tokens=10, ignore_eos=True))
     assert eng.prefill_graphs.graphs, "no prefill graph was captured"
     assert got == [hf_greedy(hf, i, 10) for i in ids]
+
+
+@pytest.mark.parametrize("arch", ["llama", "mixtral"])
+def test_prefill_graph_capture_while_slot_0_decodes(checkpoints, arch):
+    """A new bucket captured while slot 0 decodes must not touch slot 0's KV rows (issue #6)."""
+    path, hf = checkpoints[arch]
+    eng = Engine.from_pretrained(path, device="cuda", dtype="fp32", max_batch_size=4, prefill_graphs=True,
+                                 max_prefill_tokens_per_step=128)
+    ids = [eng.tokenizer.encode(p) for p in PROMPTS]
+    long_b = (ids[1] + ids[3]) * 2
+    assert len(ids[0]) <= 64 < len(long_b) <= 128
+    refs = {"a": hf_greedy(hf, ids[0], 12), "b": hf_greedy(hf, long_b, 6)}
+    got: dict[str, list[int]] = {"a": [], "b": []}
+    eng.add_request("a", ids[0], SamplingParams(max_tokens=12, ignore_eos=True))
+    for _ in range(3):
+        for o in eng.step():
+            got[o.request_id] += o.new_token_ids
+    eng.add_request("b", long_b, SamplingParams(max_tokens=6, ignore_eos=True))
+    while eng.has_unfinished():
+        for o in eng.step():
+            got[o.request_id] += o.new_token_ids
+    assert set(eng.prefill_graphs.graphs) == {64, 128}
+    assert got == refs
+
+
+def test_prefill_graph_replays_survive_allocator_reuse(checkpoints):
+    """Replays after the caching allocator has handed out (and filled) lots of small blocks: the
+    first version freed its positions buffer after capture, so later replays read garbage."""
+    path, _ = checkpoints["llama"]
+    eng = Engine.from_pretrained(path, device="cuda", dtype="fp32", max_batch_size=4, prefill_graphs=True)
+    pg, model = eng.prefill_graphs, eng.model
+    attns = [layer.attention for layer in model.layers]
+    ids = [eng.tokenizer.encode(p) for p in PROMPTS]
+    with torch.inference_mode():
+        assert pg.run(0, ids[0]) is not None and set(pg.graphs) == {64}
+        junk = [torch.full((n,), 1 << 40, dtype=torch.long, device="cuda")
+                for n in (1, 2, 64, 66, 128, 130, 1024) for _ in range(64)]
+        del junk
+        got = [pg.run(s, i) for s, i in enumerate(ids)]
+        torch.cuda.synchronize()
+        rows = [[(a.kv_cache.k[s, :, :len(i)].clone(), a.kv_cache.v[s, :, :len(i)].clone()) for a in attns]
+                for s, i in enumerate(ids)]
+        for s, i in enumerate(ids):
+            n = len(i)
+            ref = model(torch.tensor([i], device="cuda"), torch.arange(n, device="cuda")[None],
+                        torch.tensor([s], device="cuda"), kv_len=n, fresh=True, last_only=True)[:, -1]
+            assert got[s].argmax(-1).item() == ref.argmax(-1).item()
+            torch.testing.assert_close(got[s], ref, atol=1e-3, rtol=1e-3)
+            for (k, v), a in zip(rows[s], attns, strict=True):  # graph-written rows == eager-written rows
+                torch.testing.assert_close(k, a.kv_cache.k[s, :, :n], atol=1e-4, rtol=1e-4)
+                torch.testing.assert_close(v, a.kv_cache.v[s, :, :n], atol=1e-4, rtol=1e-4)
