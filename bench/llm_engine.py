@@ -211,26 +211,28 @@ def first_logits_agree(eng: Engine, plen: int) -> dict:
             "max_abs_diff": round(float((eager - graph).abs().max()), 4)}
 
 
-def prefill_graph_ttft(path: Path, a, device: torch.device, max_ctx: int) -> dict:
-    """TTFT eager, then with prefill graphs, then eager again (drift check), in one engine."""
+def prefill_graph_ttft(path: Path, a, device: torch.device, max_ctx: int, res: dict, save) -> None:
+    """TTFT eager, then with prefill graphs, then eager again (drift check), in one engine; fills
+    `res`, saving after each phase (a device-side assert later loses nothing measured before)."""
     from llm.cuda_graphs import PrefillGraphs
 
     limit = json.loads((path / "config.json").read_text()).get("max_position_embeddings", 4096)
     plens = [p for p in a.prompt_lens if p + 8 <= limit]
     eng = Engine.from_pretrained(path, device=str(device), dtype=a.dtype, max_batch_size=max(a.batches),
                                  max_context=max_ctx, max_prefill_tokens_per_step=max(plens), detokenize=False)
-    res: dict = {"max_context": max_ctx, "reps": a.reps}
+    res.update(max_context=max_ctx, reps=a.reps)
     res["ttft_eager"] = {p: _ms_stats(ttft_times(eng, p, a.reps)) for p in plens}
     res["eager_forward_split"] = {p: eager_forward_split(eng, p, a.reps) for p in plens}
+    save()
     # on CPU every capture fails and the engine stays eager: that only tests this code path
     eng.prefill_graphs = PrefillGraphs(eng.model, eng.cache_len)
     res["ttft_prefill_graphs"] = {p: _ms_stats(ttft_times(eng, p, a.reps)) for p in plens}
+    save()
     res["buckets_captured"] = sorted(eng.prefill_graphs.graphs)
     res["buckets_failed"] = sorted(eng.prefill_graphs.failed)
     res["agree"] = {p: first_logits_agree(eng, p) for p in plens}
     eng.prefill_graphs = None
     res["ttft_eager_again"] = {p: _ms_stats(ttft_times(eng, p, a.reps)) for p in plens}
-    return res
 
 
 def prefill_graph_phase(path: Path, a, max_ctx: int) -> dict:
@@ -433,7 +435,7 @@ def prefill_graph_main(a, device: torch.device, out: dict) -> None:
             plens = [p for p in a.prompt_lens if p + 8 <= limit]
             max_ctx = a.max_context or min(limit, max([*plens, a.decode_prompt_len]) + a.gen + 16)
             print(f"prefill-graph TTFT for {m} ...", flush=True)
-            out["models"][m] = prefill_graph_ttft(path, a, device, max_ctx)
+            prefill_graph_ttft(path, a, device, max_ctx, out["models"].setdefault(m, {}), lambda: save(out, a.out))
         except Exception as e:
             failed = True
             out["models"].setdefault(m, {})["error"] = f"{type(e).__name__}: {e}"
