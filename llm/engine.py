@@ -74,7 +74,8 @@ class Engine:
     positions per slot (default min(model's max positions, 8192)); max_prefill_tokens_per_step:
     the chunked-prefill budget; cuda_graphs: replay captured decode steps (None: on for CUDA);
     compile: torch.compile the captured decode step (CUDA graphs only; compiles per shape bucket);
-    prefill_graphs: also replay captured prefills of padded length buckets (CUDA graphs only);
+    prefill_graphs: also replay captured prefills of padded length buckets (CUDA graphs only; one
+    capture per bucket on first use; 1k-token TTFT of a 1B model on an H100: 22.9 -> 7.1 ms);
     detokenize: fill `RequestOutput.text` and honour stop strings.
     """
 
