@@ -155,86 +155,6 @@ def hf_ttft(hf, plen: int, vocab: int, reps: int) -> float:
     return statistics.median(hf_generate(hf, rand_prompts(1, plen, vocab, 10 + r), 1)[0] for r in range(reps + 1))
 
 
-def ttft_times(eng: Engine, plen: int, reps: int) -> list[float]:
-    """Seconds from add_request to the first token, `reps` + 1 runs (the first pays one-off costs)."""
-    times = []
-    for r in range(reps + 1):
-        p = rand_prompts(1, plen, eng.model.args.vocab_size, 10 + r)[0]
-        sync(eng.device)
-        t = time.perf_counter()
-        eng.add_request(f"t{r}", p, SamplingParams(max_tokens=1, ignore_eos=True))
-        while eng.has_unfinished():
-            eng.step()
-        sync(eng.device)
-        times.append(time.perf_counter() - t)
-    return times
-
-
-def _ms_stats(times: list[float]) -> dict:
-    ms = [round(t * 1e3, 2) for t in times[1:]]
-    return {"median": round(statistics.median(ms), 2), "min": min(ms), "max": max(ms), "first": round(times[0] * 1e3, 1),
-            "all": ms}
-
-
-@torch.inference_mode()
-def eager_forward_split(eng: Engine, plen: int, reps: int) -> dict:
-    """Eager prefill forward alone: host ms until the last kernel is queued vs ms until it is done.
-
-    Host ~= total means the prefill is launch-bound (host CPU speed decides), not GPU-bound.
-    """
-    dev = eng.device
-    host, total = [], []
-    for r in range(reps + 1):
-        ids = torch.tensor(rand_prompts(1, plen, eng.model.args.vocab_size, 30 + r), device=dev)
-        pos = torch.arange(plen, device=dev)[None]
-        slots = torch.zeros(1, dtype=torch.long, device=dev)
-        sync(dev)
-        t = time.perf_counter()
-        eng.model(ids, pos, slots, kv_len=plen, fresh=True, last_only=True)
-        host.append(time.perf_counter() - t)
-        sync(dev)
-        total.append(time.perf_counter() - t)
-    return {"host_ms": _ms_stats(host)["median"], "total_ms": _ms_stats(total)["median"]}
-
-
-@torch.inference_mode()
-def first_logits_agree(eng: Engine, plen: int) -> dict:
-    """One prompt prefilled eagerly and by the prefill graph: same argmax? max |logit diff|?"""
-    p = rand_prompts(1, plen, eng.model.args.vocab_size, 99)[0]
-    dev = eng.device
-    eager = eng.model(torch.tensor([p], device=dev), torch.arange(plen, device=dev)[None],
-                      torch.zeros(1, dtype=torch.long, device=dev), kv_len=plen, fresh=True, last_only=True)[:, -1]
-    graph = eng.prefill_graphs.run(0, p)
-    if graph is None:
-        return {"graph": "not used (eager fallback)"}
-    return {"argmax_equal": bool(eager.argmax(-1).item() == graph.argmax(-1).item()),
-            "max_abs_diff": round(float((eager - graph).abs().max()), 4)}
-
-
-def prefill_graph_ttft(path: Path, a, device: torch.device, max_ctx: int, res: dict, save) -> None:
-    """TTFT eager, then with prefill graphs, then eager again (drift check), in one engine; fills
-    `res`, saving after each phase (a device-side assert later loses nothing measured before)."""
-    from llm.cuda_graphs import PrefillGraphs
-
-    limit = json.loads((path / "config.json").read_text()).get("max_position_embeddings", 4096)
-    plens = [p for p in a.prompt_lens if p + 8 <= limit]
-    eng = Engine.from_pretrained(path, device=str(device), dtype=a.dtype, max_batch_size=max(a.batches),
-                                 max_context=max_ctx, max_prefill_tokens_per_step=max(plens), detokenize=False)
-    res.update(max_context=max_ctx, reps=a.reps)
-    res["ttft_eager"] = {p: _ms_stats(ttft_times(eng, p, a.reps)) for p in plens}
-    res["eager_forward_split"] = {p: eager_forward_split(eng, p, a.reps) for p in plens}
-    save()
-    # on CPU every capture fails and the engine stays eager: that only tests this code path
-    eng.prefill_graphs = PrefillGraphs(eng.model, eng.cache_len)
-    res["ttft_prefill_graphs"] = {p: _ms_stats(ttft_times(eng, p, a.reps)) for p in plens}
-    save()
-    res["buckets_captured"] = sorted(eng.prefill_graphs.graphs)
-    res["buckets_failed"] = sorted(eng.prefill_graphs.failed)
-    res["agree"] = {p: first_logits_agree(eng, p) for p in plens}
-    eng.prefill_graphs = None
-    res["ttft_eager_again"] = {p: _ms_stats(ttft_times(eng, p, a.reps)) for p in plens}
-
-
 def prefill_graph_phase(path: Path, a, max_ctx: int) -> dict:
     """Prefill-graph TTFT in a child process: a device-side assert there cannot poison this one."""
     import subprocess
@@ -242,7 +162,7 @@ def prefill_graph_phase(path: Path, a, max_ctx: int) -> dict:
 
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "pg.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--prefill-graph-ttft", "--models", str(path),
+        cmd = [sys.executable, str(Path(__file__).resolve().with_name("llm_prefill.py")), "--models", str(path),
                *(["--smoke", "--threads", str(a.threads)] if a.smoke else []),
                "--device", a.device, "--batches", ",".join(map(str, a.batches)),
                "--prompt-lens", ",".join(map(str, a.prompt_lens)), "--reps", str(a.reps),
@@ -374,11 +294,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave)")
     ap.add_argument("--compile", nargs="*", default=[], help="models to measure again with compile=True (CUDA)")
     ap.add_argument("--no-prefill-graphs", dest="prefill_graphs", action="store_false",
-                    help="skip the prefill-graph TTFT phase (it runs in a child process)")
+                    help="skip the prefill-graph TTFT phase (bench/llm_prefill.py in a child process)")
     ap.add_argument("--prefill-graph-timeout", type=int, default=180)
-    ap.add_argument("--prefill-graph-ttft", action="store_true",
-                    help="only TTFT eager vs prefill graphs (+ launch/GPU split, logits agreement) per model")
-    ap.add_argument("--max-context", type=int, default=0, help="with --prefill-graph-ttft (0: as the bench)")
     a = ap.parse_args()
     a.batches = [int(x) for x in a.batches.split(",")]
     a.prompt_lens = [int(x) for x in a.prompt_lens.split(",")]
@@ -389,9 +306,6 @@ def main() -> None:
     out = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
            "torch": torch.__version__, "bandwidth_GBps": round(bw / 1e9, 1), "args": vars(a), "models": {},
            "load_avg": os.getloadavg()[0]}
-    if a.prefill_graph_ttft:
-        prefill_graph_main(a, device, out)
-        return
     for m in a.models:
         name = Path(m).name if not m.startswith("random-") else m
         try:
@@ -423,39 +337,6 @@ def main() -> None:
             traceback.print_exc()
         save(out, a.out)
     print_table(out)
-
-
-def prefill_graph_main(a, device: torch.device, out: dict) -> None:
-    """--prefill-graph-ttft: results keyed by the model argument; exits 1 if any model failed."""
-    failed = False
-    for m in a.models:
-        try:
-            path = make_random(m, Path(a.workdir), device, a.smoke) if m.startswith("random-") else Path(m)
-            limit = json.loads((path / "config.json").read_text()).get("max_position_embeddings", 4096)
-            plens = [p for p in a.prompt_lens if p + 8 <= limit]
-            max_ctx = a.max_context or min(limit, max([*plens, a.decode_prompt_len]) + a.gen + 16)
-            print(f"prefill-graph TTFT for {m} ...", flush=True)
-            prefill_graph_ttft(path, a, device, max_ctx, out["models"].setdefault(m, {}), lambda: save(out, a.out))
-        except Exception as e:
-            failed = True
-            out["models"].setdefault(m, {})["error"] = f"{type(e).__name__}: {e}"
-            import traceback
-
-            traceback.print_exc()
-        save(out, a.out)
-    for m, r in out["models"].items():
-        print(f"\n{m}: TTFT ms, median (min-max) of {a.reps} after one warm-up run")
-        for key in ("ttft_eager", "ttft_prefill_graphs", "ttft_eager_again"):
-            for p, v in r.get(key, {}).items():
-                print(f"  {key:<22}@{p:<6}{v['median']:>9} ({v['min']}-{v['max']})  first {v['first']}")
-        for p, v in r.get("eager_forward_split", {}).items():
-            print(f"  eager forward @{p}: host {v['host_ms']} ms of {v['total_ms']} ms")
-        if "agree" in r:
-            print(f"  graph vs eager logits: {r['agree']}  buckets {r['buckets_captured']}")
-        if "error" in r:
-            print(f"  error: {r['error']}")
-    if failed:
-        sys.exit(1)
 
 
 def save(out: dict, path: str) -> None:

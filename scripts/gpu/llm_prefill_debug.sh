@@ -47,7 +47,7 @@ if [ "$trc" != 0 ]; then
 fi
 
 echo "== TTFT eager vs prefill graphs" | tee -a "$LOG"
-timeout 90 python3 bench/llm_engine.py --prefill-graph-ttft "${TTFT_ARGS[@]}" --out "$OUT_DIR/ttft.json" \
+timeout 90 python3 bench/llm_prefill.py "${TTFT_ARGS[@]}" --out "$OUT_DIR/ttft.json" \
   --workdir /tmp/llm_bench_models 2>&1 | grep -v "Loading weights\|Writing model" | tee -a "$LOG"
 brc=${PIPESTATUS[0]}
 echo "ttft rc=$brc" | tee -a "$LOG"
