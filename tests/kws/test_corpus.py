@@ -1,0 +1,74 @@
+"""Training-data augmentation and live synthesis: labels stay aligned, features change as intended."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from kws.corpus import LiveCorpus, random_eq, speed_perturb
+from kws.data.synth import synthesize
+from kws.train import PAD_FEAT, feature_augment
+
+
+def _speech_span(x: np.ndarray, sr: int = 16000) -> tuple[float, float]:
+    on = np.nonzero(np.abs(x) > 0.05 * np.abs(x).max())[0]
+    return on[0] / sr, on[-1] / sr
+
+
+def test_speed_perturb_keeps_word_times_on_the_speech():
+    utt = synthesize("turn the lights on", voice="espeak:en-us", rate=1.0)
+    x = np.concatenate([np.zeros(4000, np.float32), utt.audio])
+    utt = utt.shifted(x, 0.25)
+    s0, e0 = _speech_span(x)
+    for factor in (0.85, 1.15):
+        y, v = speed_perturb(x, utt, factor)
+        assert abs(len(y) / len(x) - 1 / factor) < 0.01
+        s, e = _speech_span(y)
+        # the labelled speech moves with the audio: starts and ends scale by 1/factor
+        assert abs(v.word_times[0][0] - utt.word_times[0][0] / factor) < 0.01
+        assert abs(s - s0 / factor) < 0.03 and abs(e - e0 / factor) < 0.06
+        assert v.word_times[0][0] <= s + 0.05 and v.word_times[-1][1] >= e - 0.1
+
+
+def test_random_eq_changes_the_spectrum_not_the_length():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(16000).astype(np.float32)
+    y = random_eq(x, rng)
+    assert y.shape == x.shape and y.dtype == np.float32
+    fx, fy = np.abs(np.fft.rfft(x)), np.abs(np.fft.rfft(y))
+    ratio_db = 20 * np.log10((fy[100:7900] + 1e-9) / (fx[100:7900] + 1e-9))
+    assert ratio_db.max() - ratio_db.min() > 3.0  # coloured
+    assert np.abs(ratio_db).max() < 8.0 + 12.0 + 1.0  # within the stated +-8 dB (+ 12 dB low cut)
+
+
+def test_feature_augment_leaves_padding_and_shape_alone():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 60, 40) - 4
+    x[1, 45:] = PAD_FEAT
+    y = feature_augment(x, g)
+    assert y.shape == x.shape
+    assert not torch.equal(y[0], x[0])
+    # masked bands are set to the utterance's mean over real frames, never to the padding value
+    assert float(y[1, :45].min()) > PAD_FEAT + 1.0
+    # the tilt is one curve per utterance: the same offset on every frame of a bin
+    d = y[2] - x[2]
+    same_offset = (d - d[0]).abs().amax(0) < 1e-4
+    assert same_offset.sum() >= 40 - 12 and d[0, same_offset].abs().max() > 0.01
+
+
+def test_live_corpus_keeps_adding_examples():
+    data: list[dict] = []
+    live = LiveCorpus(data, workers=1, job_size=10, seed=5)
+    try:
+        deadline = time.time() + 60
+        while len(data) < 20 and time.time() < deadline:
+            time.sleep(0.5)
+    finally:
+        live.close()
+    assert len(data) >= 20 and live.made == len(data)
+    e = data[0]
+    assert e["feats"].dtype == np.float16 and e["feats"].shape[1] == 40
+    assert len(e["frames"]) == len(e["feats"]) // 2 and (e["frames"] >= 0).any()
+    assert len({d["text"] for d in data}) > 10
