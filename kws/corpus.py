@@ -163,16 +163,24 @@ def _worker(args):
     rng = np.random.default_rng(seed)
     logmel = LogMel()
     out, babble, failures = [], [], 0
+    made: dict[str, int] = {}  # per engine: successes and failures
+    failed: dict[str, int] = {}
     while len(out) < count and time.time() < deadline:
         text = texts[len(out) % len(texts)] if texts else random_sentence(rng, lo, hi)
+        params = random_params(rng, split, flite_share=FLITE_SHARE)
+        engine = params["voice"].rpartition(":")[0] or "espeak"
         try:
-            utt = synthesize(text, **random_params(rng, split, flite_share=FLITE_SHARE))
+            utt = synthesize(text, **params)
         except Exception as e:
-            # an unpronounceable random word: draw another sentence, but never loop on a broken engine
+            # an unpronounceable random word: draw another sentence, but never loop on a broken
+            # engine, nor let one engine fail quietly while another fills the corpus
             failures += 1
-            if failures > 20 and failures > len(out):
-                raise RuntimeError(f"synthesis keeps failing ({failures} times), last: {e!r}") from e
+            failed[engine] = failed.get(engine, 0) + 1
+            if (failures > 20 and failures > len(out)) or (failed[engine] > 20 and not made.get(engine)):
+                raise RuntimeError(f"synthesis with {engine} keeps failing ({failed[engine]} times), "
+                                   f"last: {e!r}") from e
             continue
+        made[engine] = made.get(engine, 0) + 1
         lead, trail = rng.uniform(0.05, 0.5), rng.uniform(0.3, 0.6)
         x = np.concatenate([np.zeros(int(lead * 16000), np.float32), utt.audio,
                             np.zeros(int(trail * 16000), np.float32)])

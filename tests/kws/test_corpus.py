@@ -72,3 +72,19 @@ def test_live_corpus_keeps_adding_examples():
     assert e["feats"].dtype == np.float16 and e["feats"].shape[1] == 40
     assert len(e["frames"]) == len(e["feats"]) // 2 and (e["frames"] >= 0).any()
     assert len({d["text"] for d in data}) > 10
+
+
+def test_a_broken_engine_stops_the_corpus_instead_of_failing_quietly(monkeypatch):
+    import pytest
+
+    import kws.data.synth as synth
+    from kws.corpus import _worker
+
+    def broken(*args, **kwargs):  # what a missing dependency on a GPU machine looks like
+        raise ModuleNotFoundError("No module named 'soundfile'")
+
+    monkeypatch.setattr(synth, "synth_flite", broken)
+    if not synth.flite_available():
+        pytest.skip("flite is not installed")
+    with pytest.raises(RuntimeError, match="flite keeps failing"):
+        _worker((1, 300, "train", 1, 3, False, None, 1e18))
