@@ -117,7 +117,8 @@ def ours_decode(eng: Engine, batch: int, gen: int, plen: int) -> float:
     return toks / (time.perf_counter() - t)
 
 
-def ours_ttft(eng: Engine, plen: int, reps: int) -> float:
+def ttft_times(eng: Engine, plen: int, reps: int) -> list[float]:
+    """Seconds from add_request to the first token, `reps` + 1 runs (the first pays one-off costs)."""
     times = []
     for r in range(reps + 1):
         p = rand_prompts(1, plen, eng.model.args.vocab_size, 10 + r)[0]
@@ -128,7 +129,11 @@ def ours_ttft(eng: Engine, plen: int, reps: int) -> float:
             eng.step()
         sync(eng.device)
         times.append(time.perf_counter() - t)
-    return statistics.median(times[1:])  # the first run pays one-off kernel selection
+    return times
+
+
+def ours_ttft(eng: Engine, plen: int, reps: int) -> float:
+    return statistics.median(ttft_times(eng, plen, reps)[1:])  # the first run pays one-off kernel selection
 
 
 def hf_generate(hf, ids: list[list[int]], n: int) -> tuple[float, torch.Tensor]:

@@ -18,24 +18,9 @@ import time
 from pathlib import Path
 
 import torch
-from llm_engine import make_random, rand_prompts, save, sync  # bench/ is the script's directory
+from llm_engine import make_random, rand_prompts, save, sync, ttft_times  # bench/ is the script's directory
 
-from llm.engine import Engine, SamplingParams  # llm_engine put the repository root on sys.path
-
-
-def ttft_times(eng: Engine, plen: int, reps: int) -> list[float]:
-    """Seconds from add_request to the first token, `reps` + 1 runs (the first pays one-off costs)."""
-    times = []
-    for r in range(reps + 1):
-        p = rand_prompts(1, plen, eng.model.args.vocab_size, 10 + r)[0]
-        sync(eng.device)
-        t = time.perf_counter()
-        eng.add_request(f"t{r}", p, SamplingParams(max_tokens=1, ignore_eos=True))
-        while eng.has_unfinished():
-            eng.step()
-        sync(eng.device)
-        times.append(time.perf_counter() - t)
-    return times
+from llm.engine import Engine  # llm_engine put the repository root on sys.path
 
 
 def _ms_stats(times: list[float]) -> dict:
