@@ -170,7 +170,8 @@ class Engine:
 
     @torch.inference_mode()
     def warmup(self, batch_sizes: list[int] | None = None, max_pos: int | None = None) -> int:
-        """Capture (and with compile=True, compile) decode graphs now rather than on first use.
+        """Capture (and with compile=True, compile) decode graphs now rather than on first use,
+        and with prefill_graphs=True the prefill buckets a first chunk can use.
 
         Args: batch_sizes: running-batch sizes to prepare (None: every bucket); max_pos: the
         longest sequence to prepare for (None: the whole context). Returns graphs captured.
@@ -178,7 +179,11 @@ class Engine:
         if self.graphs is None:
             return 0
         with self._step_lock:
-            return self.graphs.capture_all(batch_sizes, max_pos)
+            n = self.graphs.capture_all(batch_sizes, max_pos)
+            if self.prefill_graphs is not None:
+                longest = min(self.max_prefill_tokens_per_step, max_pos or self.cache_len)
+                n += self.prefill_graphs.capture_all(longest)
+            return n
 
     @property
     def num_running(self) -> int:

@@ -185,7 +185,7 @@ def load_engine(settings: LlmSettings):
         raise FileNotFoundError(f"no model at {settings.model} (expected a Hugging Face folder with config.json)")
     kwargs = {}
     accepted = set(inspect.signature(Engine.from_pretrained).parameters) | set(inspect.signature(Engine).parameters)
-    for k in ("max_batch_size", "max_prefill_tokens_per_step"):
+    for k in ("max_batch_size", "max_prefill_tokens_per_step", "prefill_graphs"):
         v = getattr(settings, k)
         if v is not None and k in accepted:
             kwargs[k] = v

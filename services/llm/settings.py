@@ -31,6 +31,8 @@ class LlmSettings(BaseSettings):
     # Engine knobs, passed through when the engine supports them.
     max_batch_size: int | None = Field(None, ge=1)
     max_prefill_tokens_per_step: int | None = Field(256, ge=1, description="chunked-prefill budget")
+    prefill_graphs: bool = Field(False, description="CUDA: replay captured prefills of first chunks "
+                                 "(H100, 1B model: TTFT at 1k tokens 22.9 -> 7.1 ms); opt-in")
     warmup: bool = True
 
     auth_tokens: str = Field("", description="comma-separated bearer tokens; empty = no auth")

@@ -119,3 +119,17 @@ def test_failed_capture_falls_back_to_eager(checkpoints):
     got = eng.generate_ids(ids, SamplingParams(max_tokens=5, ignore_eos=True))
     assert got == [hf_greedy(hf, i, 5) for i in ids]
     assert eng.prefill_graphs.failed and not eng.prefill_graphs.graphs
+
+
+def test_capture_all_prepares_every_bucket_a_first_chunk_can_use(checkpoints):
+    path, hf = checkpoints["llama"]
+    eng = _engine(checkpoints, max_prefill_tokens_per_step=40)
+    pg = _CPUPrefillGraphs(eng.model, eng.cache_len, min_len=8)
+    with torch.inference_mode():
+        assert pg.capture_all(40) == 4
+    assert set(pg.graphs) == {8, 16, 32, 64}  # 64 holds a 40-token chunk; nothing longer is needed
+    eng.prefill_graphs = pg
+    ids = [eng.tokenizer.encode(p) for p in PROMPTS]
+    got = eng.generate_ids(ids, SamplingParams(max_tokens=6, ignore_eos=True))
+    assert got == [hf_greedy(hf, i, 6) for i in ids]
+    assert set(pg.graphs) == {8, 16, 32, 64} and not pg.failed  # serving captured nothing new

@@ -277,3 +277,24 @@ def test_engine_failure_fails_requests_and_turns_health_off(tiny_model):
             assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
 
     asyncio.run(go())
+
+
+def test_prefill_graphs_setting_reaches_the_engine(tiny_model, monkeypatch):
+    from services.llm.server import load_engine
+
+    monkeypatch.setenv("WAKELINE_LLM_PREFILL_GRAPHS", "1")
+    s = LlmSettings(model=tiny_model)
+    assert s.prefill_graphs is True
+    seen = {}
+    import llm.engine
+
+    real = llm.engine.Engine.from_pretrained.__func__
+
+    def spy(cls, path, **kw):
+        seen.update(kw)
+        return real(cls, path, **kw)
+
+    monkeypatch.setattr(llm.engine.Engine, "from_pretrained", classmethod(spy))
+    eng = load_engine(s)
+    assert seen["prefill_graphs"] is True and seen["max_prefill_tokens_per_step"] == 256
+    assert eng.prefill_graphs is None  # CPU: no CUDA graphs, the prefill runs eager
