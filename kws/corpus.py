@@ -98,14 +98,11 @@ def random_eq(y: np.ndarray, rng: np.random.Generator, max_db: float = 8.0) -> n
 
 
 def speed_perturb(x: np.ndarray, utt, factor: float):
-    """Play `x` `factor` times faster (tempo, pitch and formants together); labels scaled to match."""
-    from fractions import Fraction
+    """Play `x` `factor` times faster (`kws.data.augment.change_speed`); labels scaled to match."""
+    from kws.data.augment import change_speed
 
-    from scipy.signal import resample_poly
-
-    fr = Fraction(factor).limit_denominator(40)
-    y = resample_poly(x, fr.denominator, fr.numerator).astype(np.float32)
-    return y, utt.shifted(y, 0.0, scale=fr.denominator / fr.numerator)
+    y, applied = change_speed(x, factor, max_denominator=40)  # synthesis speed matters while training
+    return y, utt.shifted(y, 0.0, scale=1.0 / applied)
 
 
 def augment(x: np.ndarray, rng: np.random.Generator, babble: list[np.ndarray] | None = None) -> np.ndarray:

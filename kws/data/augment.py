@@ -109,6 +109,26 @@ def coloured_noise(rng: np.random.Generator, n: int, exponent: float | None = No
     return x / (np.sqrt(np.mean(x**2)) + 1e-9)
 
 
+def change_speed(x: np.ndarray, factor: float, max_denominator: int | None = None) -> tuple[np.ndarray, float]:
+    """``x`` played ``factor`` times faster: tempo, pitch and formants move together (a cheap change
+    of speaker). Returns the audio and the factor applied (times in it are the original ones divided
+    by that factor).
+
+    max_denominator: apply the nearest fraction with at most this denominator instead, which keeps
+    the polyphase filter short (~1 ms instead of ~30 ms for 2 s of audio at an arbitrary factor).
+    """
+    if max_denominator:
+        from fractions import Fraction
+
+        from scipy.signal import resample_poly
+
+        fr = Fraction(factor).limit_denominator(max_denominator)
+        return resample_poly(x, fr.denominator, fr.numerator).astype(np.float32), fr.numerator / fr.denominator
+    from kws.data.espeak import resample
+
+    return resample(x, int(round(SAMPLE_RATE * factor)), SAMPLE_RATE), factor
+
+
 def rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + 1e-12))
 
@@ -189,10 +209,8 @@ class Augmenter:
         x = utt.audio.astype(np.float32)
         scale = 1.0
         if rng.random() < self.p_speed:
-            from kws.data.espeak import resample
-
             factor = float(rng.uniform(0.9, 1.1))  # > 1 speeds up
-            x = resample(x, int(round(SAMPLE_RATE * factor)), SAMPLE_RATE)
+            x, factor = change_speed(x, factor)
             scale = 1.0 / factor
         lead = int(rng.uniform(*pad) * SAMPLE_RATE)
         tail = int(rng.uniform(*pad) * SAMPLE_RATE)
