@@ -281,6 +281,18 @@ def print_table(out: dict) -> None:
             print(f"  greedy tokens identical for the first {r['greedy_agree_prefix_of_32']}/32")
 
 
+def start_run(a) -> tuple[torch.device, dict]:
+    """Shared by this bench and bench/llm_prefill.py: parse the list options, set the torch threads;
+    returns the device and the result's header."""
+    a.batches = [int(x) for x in a.batches.split(",")]
+    a.prompt_lens = [int(x) for x in a.prompt_lens.split(",")]
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    return device, {"device": name, "torch": torch.__version__, "args": vars(a), "models": {}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -302,15 +314,9 @@ def main() -> None:
                     help="skip the prefill-graph TTFT phase (bench/llm_prefill.py in a child process)")
     ap.add_argument("--prefill-graph-timeout", type=int, default=180)
     a = ap.parse_args()
-    a.batches = [int(x) for x in a.batches.split(",")]
-    a.prompt_lens = [int(x) for x in a.prompt_lens.split(",")]
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    device = torch.device(a.device)
+    device, out = start_run(a)
     bw = copy_bandwidth(device, (1 << 30) if device.type == "cuda" else (1 << 27))
-    out = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
-           "torch": torch.__version__, "bandwidth_GBps": round(bw / 1e9, 1), "args": vars(a), "models": {},
-           "load_avg": os.getloadavg()[0]}
+    out.update(bandwidth_GBps=round(bw / 1e9, 1), load_avg=os.getloadavg()[0])
     for m in a.models:
         name = Path(m).name if not m.startswith("random-") else m
         try:

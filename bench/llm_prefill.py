@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 import torch
-from llm_engine import make_random, rand_prompts, save, sync, ttft_times  # bench/ is the script's directory
+
+# bench/ is the script's directory
+from llm_engine import make_random, rand_prompts, save, start_run, sync, ttft_times
 
 from llm.engine import Engine  # llm_engine put the repository root on sys.path
 
@@ -137,13 +139,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench/llm_prefill.json")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave)")
     a = ap.parse_args()
-    a.batches = [int(x) for x in a.batches.split(",")]
-    a.prompt_lens = [int(x) for x in a.prompt_lens.split(",")]
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    device = torch.device(a.device)
-    out = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
-           "torch": torch.__version__, "args": vars(a), "models": {}}
+    device, out = start_run(a)
     run_all(a, device, out)
 
 
