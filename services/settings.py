@@ -20,16 +20,17 @@ class BusSettings(BaseSettings):
 
     url: str | None = Field(None, description="redis://[user:pass@]host:port/db, rediss://..., unix://...; "
                                               "unset = embedded Redis in data_dir")
-    namespace: str = "wakeline"
-    data_dir: str = ".wakeline/redis"
-    spool_dir: str = ".wakeline/spool"
-    spool_max_events: int = 100_000
-    maxlen: int = 1_000_000
-    visibility_timeout_s: float = 30.0
-    max_deliveries: int = 5
-    dedup_ttl_s: float = 24 * 3600.0
-    socket_timeout_s: float = 5.0
-    connect_timeout_s: float = 2.0
+    # the defaults are the bus library's own (one place to change them)
+    namespace: str = BusConfig.namespace
+    data_dir: str = BusConfig.data_dir
+    spool_dir: str = BusConfig.spool_dir
+    spool_max_events: int = BusConfig.spool_max_events
+    maxlen: int = BusConfig.maxlen
+    visibility_timeout_s: float = BusConfig.visibility_timeout_s
+    max_deliveries: int = BusConfig.max_deliveries
+    dedup_ttl_s: float = BusConfig.dedup_ttl_s
+    socket_timeout_s: float = BusConfig.socket_timeout_s
+    connect_timeout_s: float = BusConfig.connect_timeout_s
 
     def to_config(self) -> BusConfig:
         """The plain dataclass the bus library takes."""
