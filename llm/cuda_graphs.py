@@ -19,6 +19,18 @@ from llm.moe import MoE
 log = logging.getLogger(__name__)
 
 
+def _side_stream_warmup(device: torch.device, fwd) -> None:
+    """Run `fwd` once before a capture (cuBLAS handles, lazy inits), on a side stream on CUDA."""
+    if device.type != "cuda":
+        fwd()
+        return
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fwd()
+    torch.cuda.current_stream().wait_stream(s)
+
+
 def _buckets(lo: int, hi: int) -> list[int]:
     out, b = [], lo
     while b < hi:
@@ -28,9 +40,17 @@ def _buckets(lo: int, hi: int) -> list[int]:
 
 
 class DecodeGraphs:
-    """Captured decode steps for `model` (its caches already set up with `cache_len` positions)."""
+    """Captured decode steps for `model` (its caches already set up with `cache_len` positions).
 
-    def __init__(self, model, max_batch: int, cache_len: int, min_kv: int = 256, compile: bool = False):
+    Each graph also picks the greedy token on the device and feeds it back: it writes the argmax
+    into its own token input, advances the positions of the active rows and appends the tokens to
+    a ring of `max_steps` rows. `run` replays once and returns the logits (any sampler, the host
+    picks); `run_greedy` replays k times back to back and reads the k tokens with one host sync.
+    Both replay the same graph, so their logits, and greedy tokens, are bit-identical.
+    """
+
+    def __init__(self, model, max_batch: int, cache_len: int, min_kv: int = 256, compile: bool = False,
+                 max_steps: int = 64):
         self.model = model
         # torch.compile fuses the ~50 small kernels per layer (norms, RoPE, masking) that a graph
         # still has to launch one by one; one specialisation per (batch, kv) bucket
@@ -41,6 +61,7 @@ class DecodeGraphs:
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
             self.fn = torch.compile(model, dynamic=False, fullgraph=True)
         self.cache_len = cache_len
+        self.max_steps = max_steps
         self.batch_buckets = _buckets(1, max_batch)
         self.kv_buckets = _buckets(min(min_kv, cache_len), cache_len)
         self.graphs: dict[tuple[int, int], tuple] = {}
@@ -56,22 +77,54 @@ class DecodeGraphs:
             self._attns = [layer.attention for layer in model.layers]
         return not (any(m.observer is not None for m in self._moes) or any(a.return_last_attn for a in self._attns))
 
-    def _capture(self, B: int, kv: int):
-        dev = self.model.device
-        inputs = torch.zeros(2, B, 1, dtype=torch.long, device=dev)  # [tokens; positions]
-        inputs[1] = self.cache_len - 1
-        tok, pos = inputs[0], inputs[1]
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(2):
-                self.fn(tok, pos, None, kv_len=kv)
-        torch.cuda.current_stream().wait_stream(s)
+    def _warmup(self, fwd) -> None:
+        _side_stream_warmup(self.model.device, fwd)
+
+    def _graph(self, fwd):
+        """(graph with .replay(), its static output): the one CUDA-only step."""
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g, pool=self.pool):
-            logits = self.fn(tok, pos, None, kv_len=kv)[:, -1]
+            out = fwd()
         self.pool = g.pool()
-        return g, inputs, logits
+        return g, out
+
+    def _capture(self, B: int, kv: int):
+        dev = self.model.device
+        # [tokens; positions; active; ring index] in one buffer: one host copy per run, and the entry
+        # keeps every static input alive (a replay reads raw addresses)
+        buf = torch.zeros(3 * B + 1, dtype=torch.long, device=dev)
+        tok, pos, active, idx = buf[:B, None], buf[B:2 * B, None], buf[2 * B:3 * B, None], buf[3 * B:]
+        pos.fill_(self.cache_len - 1)  # the warm-up runs parked: it writes no slot's real rows
+        ring = torch.zeros(self.max_steps, B, dtype=torch.long, device=dev)
+
+        def fwd():
+            logits = self.fn(tok, pos, None, kv_len=kv)[:, -1]  # [B, V]
+            nxt = logits.argmax(-1)  # the same argmax the host sampler takes on these logits
+            ring.index_copy_(0, idx, nxt[None])
+            tok.copy_(nxt[:, None])
+            pos.add_(active)  # parked rows stay at the spare position
+            idx.add_(1)
+            return logits
+
+        for _ in range(2):  # the second call runs what compile produced
+            self._warmup(fwd)
+        g, logits = self._graph(fwd)
+        return g, buf, ring, logits
+
+    def _bucket(self, slots: list[int], pos: list[int]) -> tuple[int, int]:
+        return min(b for b in self.batch_buckets if b > max(slots)), min(k for k in self.kv_buckets if k > max(pos))
+
+    def _entry(self, key: tuple[int, int]):
+        if key in self.failed:
+            return None
+        if key not in self.graphs:
+            try:
+                self.graphs[key] = self._capture(*key)
+            except Exception as e:  # e.g. a MoE path that syncs: stay eager for this shape
+                log.warning("decode graph capture for batch %d, kv %d failed (%s); running eager", *key, e)
+                self.failed.add(key)
+                return None
+        return self.graphs[key]
 
     def capture_all(self, batch_sizes: list[int] | None = None, max_pos: int | None = None) -> int:
         """Capture ahead of time (warm-up) for the given batch sizes up to `max_pos`; returns how many."""
@@ -86,30 +139,49 @@ class DecodeGraphs:
                     break
         return n
 
+    def _load(self, buf: torch.Tensor, B: int, slots: list[int], tokens: list[int], pos: list[int]) -> None:
+        host = [0] * B + [self.cache_len - 1] * B + [0] * B + [0]  # parked rows by default, ring index 0
+        for s, t, p in zip(slots, tokens, pos, strict=True):
+            host[s], host[B + s], host[2 * B + s] = t, p, 1
+        buf.copy_(torch.tensor(host, dtype=torch.long), non_blocking=True)  # one copy
+
     def run(self, slots: list[int], tokens: list[int], pos: list[int]) -> torch.Tensor | None:
         """Logits [len(slots), V] for one decode step of these rows (None: no graph, run eager)."""
-        B = min(b for b in self.batch_buckets if b > max(slots))
-        kv = min(k for k in self.kv_buckets if k > max(pos))
-        key = (B, kv)
-        if key in self.failed:
+        key = self._bucket(slots, pos)
+        entry = self._entry(key)
+        if entry is None:
             return None
-        if key not in self.graphs:
-            try:
-                self.graphs[key] = self._capture(B, kv)
-            except Exception as e:  # e.g. a MoE path that syncs: stay eager for this shape
-                log.warning("decode graph capture for batch %d, kv %d failed (%s); running eager", B, kv, e)
-                self.failed.add(key)
-                return None
-        g, inputs, logits = self.graphs[key]
-        host = [[0] * B, [self.cache_len - 1] * B]  # [tokens; positions], parked rows by default
-        for s, t, p in zip(slots, tokens, pos, strict=True):
-            host[0][s], host[1][s] = t, p
-        inputs.copy_(torch.tensor(host, dtype=torch.long)[:, :, None], non_blocking=True)  # one copy
+        g, buf, _, logits = entry
+        self._load(buf, key[0], slots, tokens, pos)
         g.replay()
         n = len(slots)
         if slots == list(range(n)):
             return logits[:n]
         return logits[torch.tensor(slots, device=logits.device)]
+
+    def steps_left_in_bucket(self, pos: list[int]) -> int:
+        """Decode steps these rows can take before their kv bucket changes (>= 1)."""
+        kv = min(k for k in self.kv_buckets if k > max(pos))
+        return kv - max(pos)
+
+    def run_greedy(self, slots: list[int], tokens: list[int], pos: list[int], k: int) -> list[list[int]] | None:
+        """Greedy tokens of up to k decode steps, [steps][len(slots)], one host sync (None: no graph).
+
+        Stops early at the end of the kv bucket (so every step replays the graph a one-step decode
+        would use: same logits bit for bit) and at `max_steps`; the caller loops for the rest.
+        """
+        key = self._bucket(slots, pos)
+        entry = self._entry(key)
+        if entry is None:
+            return None
+        g, buf, ring, _ = entry
+        k = max(1, min(k, self.max_steps, self.steps_left_in_bucket(pos)))
+        self._load(buf, key[0], slots, tokens, pos)
+        for _ in range(k):
+            g.replay()
+        n = len(slots)
+        got = ring[:k, :n] if slots == list(range(n)) else ring[:k, torch.tensor(slots, device=ring.device)]
+        return got.tolist()
 
 
 class PrefillGraphs:
@@ -150,23 +222,8 @@ class PrefillGraphs:
         pos.fill_(self.cache_len - 1)
         return buf, tok, pos, slot, last
 
-    def _warmup(self, fwd) -> None:
-        if self.model.device.type != "cuda":
-            fwd()
-            return
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            fwd()
-        torch.cuda.current_stream().wait_stream(s)
-
-    def _graph(self, fwd):
-        """(graph with .replay(), its static output): the one CUDA-only step."""
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, pool=self.pool):
-            out = fwd()
-        self.pool = g.pool()
-        return g, out
+    _warmup = DecodeGraphs._warmup
+    _graph = DecodeGraphs._graph
 
     def _capture(self, L: int):
         _, tok, pos, slot, last = self._static_inputs(L)

@@ -76,15 +76,21 @@ class Engine:
     compile: torch.compile the captured decode step (CUDA graphs only; compiles per shape bucket);
     prefill_graphs: also replay captured prefills of padded length buckets (CUDA graphs only; one
     capture per bucket on first use; 1k-token TTFT of a 1B model on an H100: 22.9 -> 7.1 ms);
-    detokenize: fill `RequestOutput.text` and honour stop strings.
+    detokenize: fill `RequestOutput.text` and honour stop strings; decode_steps: with CUDA graphs,
+    run up to this many greedy decode steps back to back on the device (the sampled token feeds
+    the next replay) with one host sync, when every running request is greedy without repetition
+    penalty and nothing waits to be admitted or prefilled. Stop conditions are applied per token on
+    the host afterwards (tokens after a stop are discarded), outputs still carry one token each, so
+    results and callbacks are those of decode_steps=1; a request that arrives meanwhile waits up
+    to decode_steps steps for admission.
     """
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer | None = None, *, max_batch_size: int = 32,
                  max_context: int | None = None, max_prefill_tokens_per_step: int = 2048,
                  cuda_graphs: bool | None = None, compile: bool = False, prefill_graphs: bool = False,
-                 detokenize: bool = True):
-        if max_batch_size < 1 or max_prefill_tokens_per_step < 1:
-            raise ValueError("max_batch_size and max_prefill_tokens_per_step must be >= 1")
+                 detokenize: bool = True, decode_steps: int = 1):
+        if max_batch_size < 1 or max_prefill_tokens_per_step < 1 or decode_steps < 1:
+            raise ValueError("max_batch_size, max_prefill_tokens_per_step and decode_steps must be >= 1")
         self.model, self.tokenizer = model, tokenizer
         self.device = model.device
         limit = model.args.max_position_embeddings
@@ -93,6 +99,7 @@ class Engine:
         self.max_context = min(max_context or min(limit, 8192), limit)
         self.max_batch_size = max_batch_size
         self.max_prefill_tokens_per_step = max_prefill_tokens_per_step
+        self.decode_steps = decode_steps
         self.detokenize = detokenize and tokenizer is not None
         self.eos_ids: set[int] = set(tokenizer.eos_token_ids) if tokenizer is not None else set()
         # one spare position per row: parked rows of a padded CUDA-graph batch write there
@@ -229,8 +236,12 @@ class Engine:
                 self._running[r.slot] = r
             decoding = [r for _, r in sorted(self._running.items()) if not r.in_prefill]
             if decoding:
-                logits = self._decode(decoding)
-                outputs += self._sample_and_finish(decoding, logits)
+                k = self._steps_now(decoding)
+                steps = self._decode_greedy(decoding, k) if k > 1 else None
+                if steps is not None:
+                    outputs += self._finish_steps(decoding, steps)
+                else:
+                    outputs += self._sample_and_finish(decoding, self._decode(decoding))
             budget = self.max_prefill_tokens_per_step
             for r in sorted((r for r in self._running.values() if r.in_prefill), key=lambda r: r.arrival):
                 if budget <= 0:
@@ -276,10 +287,53 @@ class Engine:
         s = None if slots == list(range(len(slots))) else torch.tensor(slots, device=dev)
         return self.model(t, p, s, kv_len=max(pos) + 1)[:, -1]
 
+    def _steps_now(self, decoding: list[_Request]) -> int:
+        """How many decode steps to run back to back now (1: the one-step path)."""
+        if self.decode_steps == 1 or self.graphs is None:
+            return 1
+        if (self._waiting and self._free) or any(r.in_prefill for r in self._running.values()):
+            return 1  # someone is to be admitted or prefilled next step: do not make them wait
+        if any(not r.params.greedy or r.params.repetition_penalty != 1.0 for r in decoding):
+            return 1  # the host sampler (seeded generators, penalties) needs every step's logits
+        with self._lock:
+            if self._incoming or self._aborts:
+                return 1
+        # never past a request's own end: max_tokens, or the context (what "length" checks)
+        left = min(min(r.params.max_tokens - len(r.output), self.max_context - len(r.prompt) - len(r.output))
+                   for r in decoding)
+        return max(1, min(self.decode_steps, left))
+
+    def _decode_greedy(self, reqs: list[_Request], k: int) -> list[list[int]] | None:
+        if not self.graphs.enabled(self.model):
+            return None
+        return self.graphs.run_greedy([r.slot for r in reqs], [r.output[-1] for r in reqs],
+                                      [len(r.prompt) + len(r.output) - 1 for r in reqs], k)
+
+    def _finish_steps(self, reqs: list[_Request], steps: list[list[int]]) -> list[RequestOutput]:
+        """Apply the tokens of several device steps in order, as that many one-step decodes would;
+        a request's tokens after its stop (or after an abort that came in meanwhile) are dropped."""
+        with self._lock:
+            aborted = set(self._aborts)
+        live = list(enumerate(reqs))
+        outs: list[RequestOutput] = []
+        for j, row in enumerate(steps):
+            if j and aborted:
+                live = [(i, r) for i, r in live if r.id not in aborted]
+            if not live:
+                break
+            got = self._finish([r for _, r in live], [row[i] for i, _ in live])
+            outs += got
+            live = [x for x, o in zip(live, got, strict=True) if not o.finished]
+        return outs
+
     def _sample_and_finish(self, reqs: list[_Request], logits: torch.Tensor) -> list[RequestOutput]:
         toks = sample(logits, [r.params for r in reqs],
                       [r.prompt + r.output if r.params.repetition_penalty != 1.0 else [] for r in reqs],
                       [r.generator for r in reqs])
+        return self._finish(reqs, toks)
+
+    def _finish(self, reqs: list[_Request], toks: list[int]) -> list[RequestOutput]:
+        """Append one token to each request, apply its stop conditions, release finished ones."""
         outs = []
         for r, t in zip(reqs, toks, strict=True):
             r.output.append(t)
