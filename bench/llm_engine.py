@@ -214,6 +214,9 @@ def bench_model(path: Path, a, device: torch.device, bw: float, res: dict, save)
     eng.graphs = graphs
     res["pct_of_bound_b1"] = round(100 * res["decode_tok_s"][a.batches[0]] / res["bound_tok_s_b1"], 1)
     save()
+    if eng.graphs is not None or a.smoke:
+        multi_step_phase(eng, a, res, "")
+        save()
     ids = rand_prompts(1, a.decode_prompt_len, vocab, 3)
     ours_tokens = eng.generate_ids(ids, SamplingParams(max_tokens=32, ignore_eos=True))[0]
     if a.hf:
@@ -237,6 +240,25 @@ def bench_model(path: Path, a, device: torch.device, bw: float, res: dict, save)
         torch.cuda.empty_cache()
 
 
+def multi_step_phase(eng: Engine, a, res: dict, suffix: str) -> None:
+    """Decode tok/s with decode_steps=K (K greedy steps per host sync) for each K of --decode-steps,
+    and whether its greedy tokens equal the one-step path's (they replay the same graphs)."""
+    if not a.decode_steps:
+        return
+    ids = rand_prompts(max(a.batches), a.decode_prompt_len, eng.model.args.vocab_size, 4)
+    sp = SamplingParams(max_tokens=48, ignore_eos=True)
+    eng.decode_steps = 1
+    one = eng.generate_ids(ids, sp)
+    for k in a.decode_steps:
+        eng.decode_steps = k
+        res[f"decode_tok_s{suffix}_k{k}"] = {b: round(ours_decode(eng, b, a.gen, a.decode_prompt_len), 1)
+                                             for b in a.batches}
+        res[f"multi_step{suffix}_k{k}_tokens_equal"] = eng.generate_ids(ids, sp) == one
+        b1 = res[f"decode_tok_s{suffix}_k{k}"][a.batches[0]]
+        res[f"pct_of_bound_b1{suffix}_k{k}"] = round(100 * b1 / res["bound_tok_s_b1"], 1)
+    eng.decode_steps = 1
+
+
 def bench_compiled(path: Path, a, device: torch.device, res: dict) -> None:
     """Decode tok/s with the captured step compiled by torch.compile (and the compile time)."""
     eng = Engine.from_pretrained(path, device=str(device), dtype=a.dtype, max_batch_size=max(a.batches),
@@ -250,6 +272,7 @@ def bench_compiled(path: Path, a, device: torch.device, res: dict) -> None:
         res["decode_tok_s_compiled"][b] = round(ours_decode(eng, b, a.gen, a.decode_prompt_len), 1)
     b1 = a.batches[0]
     res["pct_of_bound_b1_compiled"] = round(100 * res["decode_tok_s_compiled"][b1] / res["bound_tok_s_b1"], 1)
+    multi_step_phase(eng, a, res, "_compiled")
     if "hf_decode_tok_s" in res:
         res["decode_speedup_compiled"] = {b: round(res["decode_tok_s_compiled"][b] / res["hf_decode_tok_s"][b], 2)
                                           for b in a.batches}
@@ -277,6 +300,11 @@ def print_table(out: dict) -> None:
             hv = r.get("hf_decode_tok_s", {}).get(b, "-")
             print(f"  {'compiled tok/s @b' + str(b):<22}{v:>12}{hv:>14}"
                   f"{r.get('decode_speedup_compiled', {}).get(b, '-'):>9}  (compile {r['compile_s'][b]} s)")
+        for key in [k for k in r if k.startswith("decode_tok_s") and "_k" in k]:
+            tag = key.removeprefix("decode_tok_s_").replace("_", " ")
+            for b, v in r[key].items():
+                print(f"  {tag + ' tok/s @b' + str(b):<22}{v:>12}{'':>14}{'':>9}  "
+                      f"(same tokens: {r[key.replace('decode_tok_s', 'multi_step') + '_tokens_equal']})")
         if "greedy_agree_prefix_of_32" in r:
             print(f"  greedy tokens identical for the first {r['greedy_agree_prefix_of_32']}/32")
 
@@ -286,6 +314,7 @@ def start_run(a) -> tuple[torch.device, dict]:
     returns the device and the result's header."""
     a.batches = [int(x) for x in a.batches.split(",")]
     a.prompt_lens = [int(x) for x in a.prompt_lens.split(",")]
+    a.decode_steps = [int(x) for x in getattr(a, "decode_steps", "").split(",") if x]
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
@@ -310,6 +339,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench/llm_engine.json")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave)")
     ap.add_argument("--compile", nargs="*", default=[], help="models to measure again with compile=True (CUDA)")
+    ap.add_argument("--decode-steps", default="", help="comma list of K: decode tok/s with decode_steps=K too")
     ap.add_argument("--no-prefill-graphs", dest="prefill_graphs", action="store_false",
                     help="skip the prefill-graph TTFT phase (bench/llm_prefill.py in a child process)")
     ap.add_argument("--prefill-graph-timeout", type=int, default=180)

@@ -109,3 +109,36 @@ def test_prefill_graph_replays_survive_allocator_reuse(checkpoints):
             for (k, v), a in zip(rows[s], attns, strict=True):  # graph-written rows == eager-written rows
                 torch.testing.assert_close(k, a.kv_cache.k[s, :, :n], atol=1e-4, rtol=1e-4)
                 torch.testing.assert_close(v, a.kv_cache.v[s, :, :n], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mixtral"])
+def test_multi_step_decode_equals_one_step_on_cuda(checkpoints, arch):
+    """decode_steps=8 replays the captured graph back to back (token fed back on the device): the
+    same tokens and finish reasons as one-step decode, and as transformers in fp32."""
+    path, hf = checkpoints[arch]
+    ids_sp = [(p, SamplingParams(max_tokens=n, ignore_eos=True)) for p, n in zip(PROMPTS, [20, 13, 7, 18], strict=True)]
+    res = {}
+    for k in (1, 8):
+        eng = Engine.from_pretrained(path, device="cuda", dtype="fp32", max_batch_size=4, decode_steps=k)
+        toks = [eng.tokenizer.encode(p) for p, _ in ids_sp]
+        for i, (t, (_, sp)) in enumerate(zip(toks, ids_sp, strict=True)):
+            eng.add_request(f"r{i}", t, sp)
+        got: dict[str, list] = {}
+        while eng.has_unfinished():
+            for o in eng.step():
+                got.setdefault(o.request_id, []).append((o.new_token_ids[0], o.finish_reason))
+        res[k] = got
+    assert res[8] == res[1]
+    for i, (t, (_, sp)) in enumerate(zip(toks, ids_sp, strict=True)):
+        assert [x for x, _ in res[8][f"r{i}"]] == hf_greedy(hf, t, sp.max_tokens)
+
+
+def test_multi_step_bf16_tokens_equal_one_step(checkpoints):
+    """In bf16 too (near-ties are common there): both paths replay the same graphs, bit-identical logits."""
+    path, _ = checkpoints["qwen3"]
+    sp = SamplingParams(max_tokens=40, ignore_eos=True)
+    outs = []
+    for k in (1, 16):
+        eng = Engine.from_pretrained(path, device="cuda", dtype="bf16", max_batch_size=4, decode_steps=k)
+        outs.append(eng.generate_ids([eng.tokenizer.encode(p) for p in PROMPTS], sp))
+    assert outs[0] == outs[1]
