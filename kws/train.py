@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from edge.confusable import edit_phonemes
 from edge.scoring import NMAX
 from kws.matching import Matcher, dsp_partition, frame_targets, streaming_loss
-from kws.models.encoder import EncoderArgs, StreamingEncoder, num_params
+from kws.models.encoder import EncoderArgs, StreamingEncoder, grow, num_params
 
 log = logging.getLogger("wakeline.kws.train")
 N_PHONES = 39
@@ -177,7 +177,9 @@ class Trainer:
 
         enc = encoder_from_onnx(model_dir / "encoder.onnx")
         if enc.args.to_dict() != self.model.args.to_dict():
-            raise ValueError(f"init_from {model_dir}: encoder shape {enc.args} differs from {self.model.args}")
+            # a larger configured encoder starts as the old one, grown without changing its function
+            enc = grow(enc, self.model.args)
+            log.info("%s: grew the %s encoder into %s", self.cfg.name, model_dir, self.model.args)
         self.model.load_state_dict(enc.state_dict())
         tab = np.load(model_dir / "phone_table.npz")
         self.table_emb = torch.from_numpy(tab["emb"]).to(self.device)

@@ -97,5 +97,36 @@ class StreamingEncoder(nn.Module):
         return logp, emb
 
 
+@torch.no_grad()
+def grow(src: StreamingEncoder, a: EncoderArgs) -> StreamingEncoder:
+    """A larger encoder computing exactly what `src` computes, to warm-start more capacity.
+
+    The feed-forward of every block may widen (new hidden units get fresh input weights and zero
+    output weights) and new blocks may follow the old ones (zero output weights: identity at
+    first). Everything else must match.
+    """
+    s = src.args
+    fixed = ("n_mels", "stack", "dim", "kernel", "emb_dim", "n_tokens")
+    if any(getattr(s, k) != getattr(a, k) for k in fixed) or a.hidden < s.hidden \
+            or a.dilations[: len(s.dilations)] != s.dilations:
+        raise ValueError(f"cannot grow {s} into {a}: only hidden and appended blocks may change")
+    dst = StreamingEncoder(a)
+    own = src.state_dict()
+    for k, v in dst.state_dict().items():
+        if k not in own:  # an appended block: identity until trained
+            if k.endswith(("w2.weight", "w2.bias")):
+                v.zero_()
+            continue
+        o = own[k]
+        if k.endswith("w1.weight") or k.endswith("w1.bias"):
+            v[: o.shape[0]] = o
+        elif k.endswith("w2.weight"):
+            v.zero_()
+            v[:, : o.shape[1]] = o
+        else:
+            v.copy_(o)
+    return dst
+
+
 def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

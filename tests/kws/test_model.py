@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from edge.confusable import confusables, edit_phonemes
 from edge.scoring import NMAX, DSPState, frame_inputs, keyword_rows, score_frames
 from kws.matching import Matcher, dsp_partition, frame_targets, streaming_loss
-from kws.models.encoder import EncoderArgs, StreamingEncoder, num_params
+from kws.models.encoder import EncoderArgs, StreamingEncoder, grow, num_params
 
 
 def _random_inputs(rng, t=70, e=16, v=40):
@@ -121,3 +122,25 @@ def test_padding_width_does_not_change_scores():
     narrow = score_frames(w, *keyword_rows(table, kws), emb, logp)
     wide = score_frames(w, *keyword_rows(table, kws, width=NMAX), emb, logp)
     np.testing.assert_allclose(narrow, wide, atol=1e-6)
+
+
+def test_grown_encoder_computes_the_same_then_trains_its_new_capacity():
+    torch.manual_seed(0)
+    small = StreamingEncoder(EncoderArgs(dim=32, hidden=48, dilations=[1, 2])).eval()
+    big_args = EncoderArgs(dim=32, hidden=96, dilations=[1, 2, 4])
+    big = grow(small, big_args).eval()
+    assert num_params(big) > num_params(small)
+    x = torch.randn(2, 30, 40)
+    a, b = small(x), big(x)
+    for u, v in zip(a, b, strict=True):
+        assert torch.allclose(u, v, atol=1e-6)
+    # the new weights receive gradient (zero output weights are not a dead end)
+    big.train()
+    big(x)[0].sum().backward()
+    assert big.blocks[0].w2.weight.grad[:, 48:].abs().sum() > 0
+    assert big.blocks[2].w2.weight.grad.abs().sum() > 0
+    # shapes that cannot be grown without changing the function are refused
+    with pytest.raises(ValueError):
+        grow(small, EncoderArgs(dim=64, hidden=96, dilations=[1, 2]))
+    with pytest.raises(ValueError):
+        grow(small, EncoderArgs(dim=32, hidden=96, dilations=[2, 1]))
