@@ -118,7 +118,7 @@ def main() -> None:
         x = torch.randn(4096, H, device=dev, dtype=dtype)
         qa = QuantAllReduce(QuantCommConfig(min_bytes=0), cal)
         s = qa._site("bench", H, dev)
-        tbest = {bg: timer(lambda bg=bg: qp.quantize_pack(x, s.idx, s.mask, 128, block_g=bg), 10, 3, dev)
+        tbest = {bg: timer(lambda bg=bg: qp.quantize_pack(x, s.idx, s.slots, 128, block_g=bg), 10, 3, dev)
                  for bg in (1, 2, 4, 8, 16)}
         block_g = min(tbest, key=tbest.get)
     quants = {

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from llm.kernels.quantize_pack import Layout, views
+from llm.kernels.quantize_pack import Layout, pairable, views
 
 try:
     import triton
     import triton.language as tl
+
+    from llm.kernels.quantize_pack import store_pairs
 except ImportError:  # CPU-only installs: the torch reference is the only path
     triton = None
     tl = None
@@ -46,72 +48,63 @@ def dequant_sum_ref(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor,
 if triton is not None:
 
     @triton.jit
-    def _dequant_sum_kernel(buf_ptr, scales_ptr, out_ptr, W, RANK_BYTES, H, PB, NG, OFF_S, stride_out,
-                            GROUP: tl.constexpr, BLOCK_G: tl.constexpr):
-        row = tl.program_id(0)
-        pid_g = tl.program_id(1)
+    def _dequant_sum_kernel(buf_ptr, scales_ptr, outl_ptr, slot_ptr, out_ptr, out32_ptr, W, RANK_BYTES,
+                            H, PB, NG, K, OFF_S2, OFF_O2, stride_out,
+                            GROUP: tl.constexpr, BLOCK_G: tl.constexpr, PAIRED: tl.constexpr,
+                            HAS_OUTL: tl.constexpr):
+        # scales_ptr / outl_ptr: fp16 / bf16 views of the same buffer, OFF_*2 in 2-byte units. Channels
+        # are held as [BLOCK_G, GROUP/2] pairs (2j, 2j+1): a byte's two nibbles stay in one lane.
+        row = tl.program_id(0).to(tl.int64)
         half: tl.constexpr = GROUP // 2
-        g = pid_g * BLOCK_G + tl.arange(0, BLOCK_G)
-        byte = g[:, None] * half + tl.arange(0, half)[None, :]         # [BLOCK_G, half]
-        mb = (byte < PB) & (g[:, None] < NG)
+        g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
+        j = g[:, None] * half + tl.arange(0, half)[None, :]
         mg = g < NG
-        acc_lo = tl.zeros([BLOCK_G, half], dtype=tl.float32)
-        acc_hi = tl.zeros([BLOCK_G, half], dtype=tl.float32)
-        # scales_ptr is an fp16 view of the same buffer: offsets in 2-byte units
+        m0 = (2 * j < H) & mg[:, None]
+        m1 = (2 * j + 1 < H) & mg[:, None]
+        acc0 = tl.zeros([BLOCK_G, half], dtype=tl.float32)
+        acc1 = tl.zeros([BLOCK_G, half], dtype=tl.float32)
         rank_half = RANK_BYTES // 2
         for r in range(0, W):
-            b = tl.load(buf_ptr + r * RANK_BYTES + row * PB + byte, mask=mb, other=136).to(tl.int32)
-            sc = tl.load(scales_ptr + r * rank_half + OFF_S // 2 + row * NG + g, mask=mg, other=0.0)
+            b = tl.load(buf_ptr + r * RANK_BYTES + row * PB + j, mask=m0, other=136).to(tl.int32)
+            sc = tl.load(scales_ptr + r * rank_half + OFF_S2 + row * NG + g, mask=mg, other=0.0)
             scf = sc.to(tl.float32)[:, None]
-            acc_lo += ((b & 15) - 8).to(tl.float32) * scf
-            acc_hi += ((b >> 4) - 8).to(tl.float32) * scf
-        acc = tl.reshape(tl.join(acc_lo, acc_hi), [BLOCK_G, GROUP])    # interleave back to channels
-        ch = g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
-        # outlier channels hold code 8 (= 0.0) here; _outlier_sum_kernel overwrites them afterwards
-        # (stream order), which keeps this store free of data-dependent masks (vectorized)
-        tl.store(out_ptr + row * stride_out + ch, acc.to(out_ptr.dtype.element_ty),
-                 mask=(ch < H) & (g[:, None] < NG))
-
-    @triton.jit
-    def _outlier_sum_kernel(outl_ptr, idx_ptr, out_ptr, W, RANK_BYTES, N, K, OFF_O, stride_out,
-                            BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-        kk = tl.arange(0, BLOCK_K)
-        rank_half = RANK_BYTES // 2
-        for k0 in range(0, K, BLOCK_K):
-            mk = (k0 + kk) < K
-            m = (rows[:, None] < N) & mk[None, :]
-            s = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)
+            acc0 += ((b & 15) - 8).to(tl.float32) * scf
+            acc1 += ((b >> 4) - 8).to(tl.float32) * scf
+        if HAS_OUTL:
+            # outlier channels carry code 8 (= 0.0) above; their bf16 values come from the K slots
+            s0 = tl.load(slot_ptr + 2 * j, mask=m0, other=-1)
+            s1 = tl.load(slot_ptr + 2 * j + 1, mask=m1, other=-1)
+            o0 = m0 & (s0 >= 0)
+            o1 = m1 & (s1 >= 0)
+            a0 = tl.zeros([BLOCK_G, half], dtype=tl.float32)
+            a1 = tl.zeros([BLOCK_G, half], dtype=tl.float32)
             for r in range(0, W):
-                v = tl.load(outl_ptr + r * rank_half + OFF_O // 2 + rows[:, None] * K + k0 + kk[None, :],
-                            mask=m, other=0.0)
-                s += v.to(tl.float32)
-            idx = tl.load(idx_ptr + k0 + kk, mask=mk, other=0)
-            tl.store(out_ptr + rows[:, None] * stride_out + idx[None, :], s.to(out_ptr.dtype.element_ty), mask=m)
+                base = outl_ptr + r * rank_half + OFF_O2 + row * K
+                a0 += tl.load(base + s0, mask=o0, other=0.0).to(tl.float32)
+                a1 += tl.load(base + s1, mask=o1, other=0.0).to(tl.float32)
+            acc0 = tl.where(o0, a0, acc0)
+            acc1 = tl.where(o1, a1, acc1)
+        store_pairs(out_ptr, out32_ptr, row * stride_out, j, acc0, acc1, m0, m1, PAIRED)
 
 
-def dequant_sum(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor, outlier_mask: torch.Tensor | None = None,
+def dequant_sum(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor, slots: torch.Tensor,
                 out_dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None,
-                block_g: int = 4) -> torch.Tensor:
-    """Triton launchers (groups, then outlier channels): same result as `dequant_sum_ref`.
+                block_g: int = 8, num_warps: int = 4) -> torch.Tensor:
+    """Triton launcher, one kernel for groups and outlier channels: same result as `dequant_sum_ref`.
 
-    bufs is [W, lay.total] uint8, contiguous; outlier_mask is unused (kept for a uniform signature).
+    bufs is [W, lay.total] uint8, contiguous; slots = quantize_pack.slot_map(outlier_idx, H).
     """
     if triton is None:
         raise RuntimeError("triton is not installed; use dequant_sum_ref")
     w = bufs.shape[0]
     if out is None:
         out = torch.empty(lay.rows, lay.hidden, dtype=out_dtype, device=bufs.device)
+    paired = pairable(out)
     flat = bufs.reshape(-1)
     grid = (lay.rows, triton.cdiv(lay.n_groups, block_g))
-    _dequant_sum_kernel[grid](flat, flat.view(torch.float16), out, w, lay.total, lay.hidden,
-                              lay.packed_bytes, lay.n_groups, lay.off_scales, out.stride(0),
-                              GROUP=lay.group, BLOCK_G=block_g)
-    k = lay.n_outliers
-    if k:
-        block_k = max(16, min(128, triton.next_power_of_2(k)))
-        block_r = 16
-        _outlier_sum_kernel[(triton.cdiv(lay.rows, block_r),)](
-            flat.view(torch.bfloat16), outlier_idx, out, w, lay.total, lay.rows, k, lay.off_outliers,
-            out.stride(0), BLOCK_R=block_r, BLOCK_K=block_k)
+    _dequant_sum_kernel[grid](flat, flat.view(torch.float16), flat.view(torch.bfloat16), slots, out,
+                              out.view(torch.int32) if paired else out, w, lay.total, lay.hidden,
+                              lay.packed_bytes, lay.n_groups, lay.n_outliers, lay.off_scales // 2,
+                              lay.off_outliers // 2, out.stride(0), GROUP=lay.group, BLOCK_G=block_g,
+                              PAIRED=paired, HAS_OUTL=lay.n_outliers > 0, num_warps=num_warps)
     return out

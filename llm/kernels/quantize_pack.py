@@ -12,7 +12,13 @@ Wire format of one message of N rows x H channels (one flat uint8 buffer, see `l
 Outlier channels are zeroed before the group absmax, so their 4-bit code is 0 and they cost
 4 bits of padding each (K = H/64 gives 1/16 bit per value): the price of keeping every load and
 store contiguous instead of gathering inliers through a permutation. The outlier indices are
-fixed by calibration and never travel.
+fixed by calibration and never travel; the kernels find a channel's bf16 slot through a static
+`slot_map()` ([H] int32, -1 for inliers).
+
+Error feedback (optional, `err`): the rank quantizes x - err instead of x and then overwrites err with
+its new quantization error, dequant(message) - (x - err). The caller passes the same err buffer to the
+next reduction of the same forward pass, so the residual stream, which adds up every reduction, never
+accumulates more than one reduction's error (`llm.parallel.quant_comm` keeps that state).
 """
 
 from __future__ import annotations
@@ -30,8 +36,6 @@ except ImportError:  # CPU-only installs: the torch reference is the only path
     tl = None
 
 QMAX = 7
-# scale = absmax * (1/8), written as a multiplication in the reference and the kernel alike (torch on
-# CUDA turns a division by a scalar into one; with a power of two both are exact anyway)
 INV_QMAX = 0.125  # scale = absmax / 8: a power of two, so exact in every implementation
 _ALIGN = 16
 
@@ -82,12 +86,21 @@ def views(buf: torch.Tensor, lay: Layout) -> tuple[torch.Tensor, torch.Tensor, t
     return packed, scales.view(lay.rows, lay.n_groups), outl.view(lay.rows, lay.n_outliers)
 
 
-def quantize_pack_ref(x: torch.Tensor, outlier_idx: torch.Tensor, group: int,
-                      out: torch.Tensor | None = None) -> torch.Tensor:
+def slot_map(outlier_idx: torch.Tensor, hidden: int) -> torch.Tensor:
+    """[H] int32: the bf16 slot k of outlier channel outlier_idx[k], -1 for every other channel."""
+    slot = torch.full((hidden,), -1, dtype=torch.int32, device=outlier_idx.device)
+    slot[outlier_idx.long()] = torch.arange(outlier_idx.numel(), dtype=torch.int32, device=outlier_idx.device)
+    return slot
+
+
+def quantize_pack_ref(x: torch.Tensor, outlier_idx: torch.Tensor, group: int, out: torch.Tensor | None = None,
+                      err: torch.Tensor | None = None, err_in: bool = True) -> torch.Tensor:
     """Torch reference: quantize x [N, H] into a flat uint8 message (see module docstring).
 
-    Bytes moved: reads N*H*x.element_size() (+ K*8 index bytes), writes N*(ceil(H/2) + 2*ceil(H/G) + 2*K):
-    for bf16 input and G=128, K=H/64 that is 2 bytes in, ~0.55 bytes out per value.
+    err ([N, H], x's dtype), if given, is read (unless err_in is False: no previous error) and then
+    overwritten with the new quantization error. Bytes moved: reads N*H*x.element_size(), writes
+    N*(ceil(H/2) + 2*ceil(H/G) + 2*K): for bf16 and G=128, K=H/64, 2 bytes in and ~0.55 out per value;
+    error feedback adds 2 bytes in (unless err_in is False) and 2 out.
     """
     n, h = x.shape
     k = outlier_idx.numel()
@@ -95,17 +108,25 @@ def quantize_pack_ref(x: torch.Tensor, outlier_idx: torch.Tensor, group: int,
     buf = torch.zeros(lay.total, dtype=torch.uint8, device=x.device) if out is None else out
     packed, scales, outl = views(buf, lay)
     xf = x.float()
-    outl.copy_(xf[:, outlier_idx].to(torch.bfloat16))
-    xf = xf.clone()
-    xf[:, outlier_idx] = 0.0
+    if err is not None and err_in:
+        xf = xf - err.float()
+    xo = xf[:, outlier_idx].to(torch.bfloat16)
+    outl.copy_(xo)
+    xi = xf.clone()
+    xi[:, outlier_idx] = 0.0
     pad = lay.n_groups * group - h
-    xg = torch.nn.functional.pad(xf, (0, pad)).view(n, lay.n_groups, group)
+    xg = torch.nn.functional.pad(xi, (0, pad)).view(n, lay.n_groups, group)
     absmax = xg.abs().amax(dim=-1)
     sc = (absmax * INV_QMAX).clamp(max=65504.0).to(torch.float16)
     scales.copy_(sc)
     scf = sc.float().unsqueeze(-1)
     q = torch.where(scf > 0, xg / torch.where(scf > 0, scf, 1.0), 0.0)
-    q = torch.floor(q + 0.5).clamp(-QMAX, QMAX).to(torch.int32) + 8
+    q = torch.floor(q + 0.5).clamp(-QMAX, QMAX)
+    if err is not None:
+        deq = (q * scf).view(n, -1)[:, :h]
+        deq[:, outlier_idx] = xo.float()
+        err.copy_(deq - xf)
+    q = q.to(torch.int32) + 8
     # G is even, so the padded groups always cover 2*PB channels; past H they hold code 8 (= 0.0)
     q = q.view(n, -1)[:, : 2 * lay.packed_bytes]
     packed.copy_((q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8))
@@ -115,44 +136,89 @@ def quantize_pack_ref(x: torch.Tensor, outlier_idx: torch.Tensor, group: int,
 if triton is not None:
 
     @triton.jit
-    def _quantize_pack_kernel(x_ptr, mask_ptr, idx_ptr, buf_ptr, half_ptr, bhalf_ptr,
-                              H, stride_x, PB, NG, K, OFF_S2, OFF_O2, INV_Q,
-                              GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr):
-        # buf_ptr / half_ptr / bhalf_ptr: the same message as uint8 / fp16 / bf16; OFF_*2 in 2-byte units
-        row = tl.program_id(0)
-        pid_g = tl.program_id(1)
+    def load_pairs(ptr, ptr32, row_off, j, m0, m1, PAIRED: tl.constexpr):
+        """Channels 2j and 2j+1 as fp32; PAIRED: bf16 loaded two at a time as one 32-bit word."""
+        if PAIRED:
+            v = tl.load(ptr32 + row_off // 2 + j, mask=m0, other=0)
+            # a bf16 is the top half of the fp32 with the same value
+            a = (v << 16).to(tl.float32, bitcast=True)
+            b = (v & -65536).to(tl.float32, bitcast=True)
+        else:
+            a = tl.load(ptr + row_off + 2 * j, mask=m0, other=0.0).to(tl.float32)
+            b = tl.load(ptr + row_off + 2 * j + 1, mask=m1, other=0.0).to(tl.float32)
+        return a, b
+
+    @triton.jit
+    def store_pairs(ptr, ptr32, row_off, j, a, b, m0, m1, PAIRED: tl.constexpr):
+        """Store fp32 a, b into channels 2j, 2j+1 of ptr's dtype; PAIRED: as one 32-bit word of bf16s."""
+        if PAIRED:
+            lo = a.to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32) & 65535
+            hi = b.to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32) << 16
+            tl.store(ptr32 + row_off // 2 + j, lo | hi, mask=m0)
+        else:
+            tl.store(ptr + row_off + 2 * j, a.to(ptr.dtype.element_ty), mask=m0)
+            tl.store(ptr + row_off + 2 * j + 1, b.to(ptr.dtype.element_ty), mask=m1)
+
+    @triton.jit
+    def _quantize_pack_kernel(x_ptr, x32_ptr, slot_ptr, e_ptr, e32_ptr, buf_ptr, half_ptr, bhalf_ptr,
+                              H, stride_x, stride_e, PB, NG, K, OFF_S2, OFF_O2, INV_Q,
+                              GROUP: tl.constexpr, BLOCK_G: tl.constexpr, PAIRED: tl.constexpr,
+                              ERR_IN: tl.constexpr, ERR_OUT: tl.constexpr):
+        # buf_ptr / half_ptr / bhalf_ptr: the same message as uint8 / fp16 / bf16; OFF_*2 in 2-byte units.
+        # One program: BLOCK_G groups of one row, held as [BLOCK_G, GROUP/2] pairs of channels (2j, 2j+1),
+        # so the two nibbles of a byte come from the same lane: no interleaving shuffles.
+        row = tl.program_id(0).to(tl.int64)
         half: tl.constexpr = GROUP // 2
-        g = pid_g * BLOCK_G + tl.arange(0, BLOCK_G)                    # group ids [BLOCK_G]
-        ch = g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]          # channels [BLOCK_G, GROUP]
-        m = (ch < H) & (g[:, None] < NG)
-        x = tl.load(x_ptr + row * stride_x + ch, mask=m, other=0.0).to(tl.float32)
-        is_out = tl.load(mask_ptr + ch, mask=m, other=0)
-        x = tl.where(is_out != 0, 0.0, x)
-        absmax = tl.max(tl.abs(x), axis=1)
+        g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
+        j = g[:, None] * half + tl.arange(0, half)[None, :]              # byte / pair index in the row
+        mg = g[:, None] < NG
+        m0 = (2 * j < H) & mg
+        m1 = (2 * j + 1 < H) & mg
+        x0, x1 = load_pairs(x_ptr, x32_ptr, row * stride_x, j, m0, m1, PAIRED)
+        if ERR_IN:
+            e0, e1 = load_pairs(e_ptr, e32_ptr, row * stride_e, j, m0, m1, PAIRED)
+            x0 -= e0
+            x1 -= e1
+        s0 = tl.load(slot_ptr + 2 * j, mask=m0, other=-1)
+        s1 = tl.load(slot_ptr + 2 * j + 1, mask=m1, other=-1)
+        o0 = s0 >= 0
+        o1 = s1 >= 0
+        i0 = tl.where(o0, 0.0, x0)
+        i1 = tl.where(o1, 0.0, x1)
+        absmax = tl.maximum(tl.max(tl.abs(i0), axis=1), tl.max(tl.abs(i1), axis=1))
         sc = tl.minimum(absmax * INV_Q, 65504.0).to(tl.float16)
         tl.store(half_ptr + OFF_S2 + row * NG + g, sc, mask=g < NG)
         scf = sc.to(tl.float32)[:, None]
+        safe = tl.where(scf > 0, scf, 1.0)
         # IEEE division, not x * (1/s): the compiler contracts x * r + 0.5 into one FMA (one rounding),
         # which moves ~0.01% of codes by a step against torch (run 2); a division cannot be contracted
-        q = tl.where(scf > 0, tl.math.div_rn(x, tl.where(scf > 0, scf, 1.0)), 0.0)
-        q = tl.minimum(tl.maximum(tl.floor(q + 0.5), -7.0), 7.0).to(tl.int32) + 8
-        # even channel -> low nibble, odd channel -> high nibble; contiguous loads and stores
-        lo, hi = tl.split(tl.reshape(q, [BLOCK_G, half, 2]))
-        byte = g[:, None] * half + tl.arange(0, half)[None, :]
-        tl.store(buf_ptr + row * PB + byte, (lo | (hi << 4)).to(tl.uint8),
-                 mask=(byte < PB) & (g[:, None] < NG))
-        if pid_g == 0:
-            kk = tl.arange(0, BLOCK_K)
-            for k0 in range(0, K, BLOCK_K):
-                mk = (k0 + kk) < K
-                idx = tl.load(idx_ptr + k0 + kk, mask=mk, other=0)
-                v = tl.load(x_ptr + row * stride_x + idx, mask=mk, other=0.0)
-                tl.store(bhalf_ptr + OFF_O2 + row * K + k0 + kk, v.to(tl.bfloat16), mask=mk)
+        q0 = tl.where(scf > 0, tl.math.div_rn(i0, safe), 0.0)
+        q1 = tl.where(scf > 0, tl.math.div_rn(i1, safe), 0.0)
+        q0 = tl.minimum(tl.maximum(tl.floor(q0 + 0.5), -7.0), 7.0)
+        q1 = tl.minimum(tl.maximum(tl.floor(q1 + 0.5), -7.0), 7.0)
+        byte = (q0.to(tl.int32) + 8) | ((q1.to(tl.int32) + 8) << 4)
+        tl.store(buf_ptr + row * PB + j, byte.to(tl.uint8), mask=m0)
+        # outliers: a sparse scatter into the row's K bf16 slots (most lanes are masked off)
+        b0 = x0.to(tl.bfloat16)
+        b1 = x1.to(tl.bfloat16)
+        tl.store(bhalf_ptr + OFF_O2 + row * K + s0, b0, mask=m0 & o0)
+        tl.store(bhalf_ptr + OFF_O2 + row * K + s1, b1, mask=m1 & o1)
+        if ERR_OUT:
+            n0 = tl.where(o0, b0.to(tl.float32), q0 * scf) - x0
+            n1 = tl.where(o1, b1.to(tl.float32), q1 * scf) - x1
+            store_pairs(e_ptr, e32_ptr, row * stride_e, j, n0, n1, m0, m1, PAIRED)
 
 
-def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, outlier_mask: torch.Tensor, group: int,
-                  out: torch.Tensor | None = None, block_g: int = 4) -> torch.Tensor:
-    """Triton launcher: same result as `quantize_pack_ref` (x [N, H] row-major; mask int8 [H])."""
+def pairable(*ts: torch.Tensor) -> bool:
+    """Whether the kernels may move these [N, H] tensors as 32-bit words of two bf16 channels."""
+    return all(t.dtype == torch.bfloat16 and t.shape[-1] % 2 == 0 and t.stride(0) % 2 == 0
+               and t.data_ptr() % 4 == 0 for t in ts)
+
+
+def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, slots: torch.Tensor, group: int,
+                  out: torch.Tensor | None = None, block_g: int = 8, err: torch.Tensor | None = None,
+                  err_in: bool = True, num_warps: int = 4) -> torch.Tensor:
+    """Triton launcher: same result as `quantize_pack_ref` (x [N, H] row-major; slots = slot_map())."""
     if triton is None:
         raise RuntimeError("triton is not installed; use quantize_pack_ref")
     if group & (group - 1):
@@ -160,13 +226,16 @@ def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, outlier_mask: torc
     n, h = x.shape
     if x.stride(1) != 1:
         x = x.contiguous()
-    k = outlier_idx.numel()
-    lay = layout(n, h, group, k)
+    lay = layout(n, h, group, outlier_idx.numel())
     buf = torch.empty(lay.total, dtype=torch.uint8, device=x.device) if out is None else out
-    block_k = max(16, min(256, triton.next_power_of_2(max(k, 1))))
+    e = x if err is None else err
+    paired = pairable(x, e)
+    x32 = x.view(torch.int32) if paired else x
+    e32 = e.view(torch.int32) if paired else e
     grid = (n, triton.cdiv(lay.n_groups, block_g))
-    _quantize_pack_kernel[grid](x, outlier_mask, outlier_idx, buf, buf.view(torch.float16),
-                                buf.view(torch.bfloat16), h, x.stride(0), lay.packed_bytes, lay.n_groups, k,
+    _quantize_pack_kernel[grid](x, x32, slots, e, e32, buf, buf.view(torch.float16), buf.view(torch.bfloat16),
+                                h, x.stride(0), e.stride(0), lay.packed_bytes, lay.n_groups, lay.n_outliers,
                                 lay.off_scales // 2, lay.off_outliers // 2, INV_QMAX,
-                                GROUP=group, BLOCK_G=block_g, BLOCK_K=block_k)
+                                GROUP=group, BLOCK_G=block_g, PAIRED=paired, ERR_IN=err is not None and err_in,
+                                ERR_OUT=err is not None, num_warps=num_warps)
     return buf

