@@ -5,9 +5,11 @@ Run on >= 2 GPUs:  torchrun --nproc-per-node 2 bench/tp_comm.py --out runs/tp_co
 CPU smoke test:    SMOKE=1 torchrun --nproc-per-node 2 bench/tp_comm.py --device cpu --out /tmp/c.json
 
 Rows of [N, 4096] bf16 (8 KB per row), 8 KB .. 128 MB. Each point: median of CUDA-event timings
-of `iters` calls after warm-up, max over ranks. Also the parts of the quantized path alone
-(quantize kernel, all-gather of the payload, dequant+sum kernel), and the size gate threshold:
-the smallest size from which the quantized path is faster at every larger size.
+of `iters` calls after warm-up, max over ranks. Quantized paths: one-shot (the default config, with
+error feedback: every call reads and writes the error buffer, as inside a forward pass), one-shot
+pipelined over 4 row chunks (`chunks=4`, from 64 MB), two-shot. Also the parts of the one-shot path
+alone (quantize kernel with error feedback, all-gather of the payload, dequant+sum kernel), and the
+size gate threshold: the smallest size from which the quantized path is faster at every larger size.
 """
 
 from __future__ import annotations
@@ -71,8 +73,10 @@ def plot(paths: list[str], png: str) -> None:
         mb = [row["bytes"] / 2**20 for row in r["rows"]]
         ax = axes[0][j]
         for key, label in (("nccl_bf16_s", "NCCL bf16 all-reduce"), ("one_shot_s", "quantized one-shot"),
+                           ("pipelined_s", "one-shot, 4 chunks"),
                            ("two_shot_s", "quantized two-shot"), ("allgather_payload_s", "all-gather of payload")):
-            ax.loglog(mb, [row[key] * 1e6 for row in r["rows"]], marker="o", ms=3, label=label)
+            if key in r["rows"][0]:
+                ax.loglog(mb, [row[key] * 1e6 for row in r["rows"]], marker="o", ms=3, label=label)
         ax.set_title(f"{r['tag']}: {r['world_size']} x {r['device']}")
         ax.set_xlabel("message (MB, bf16)")
         ax.set_ylabel("latency (us)")
@@ -81,6 +85,8 @@ def plot(paths: list[str], png: str) -> None:
         ax = axes[1][j]
         ax.semilogx(mb, [row["speedup_one_shot"] for row in r["rows"]], marker="o", ms=3, label="one-shot")
         ax.semilogx(mb, [row["speedup_two_shot"] for row in r["rows"]], marker="o", ms=3, label="two-shot")
+        if "speedup_pipelined" in r["rows"][0]:
+            ax.semilogx(mb, [row["speedup_pipelined"] for row in r["rows"]], marker="o", ms=3, label="4 chunks")
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_xlabel("message (MB, bf16)")
         ax.set_ylabel("speed-up vs NCCL bf16")
@@ -123,8 +129,13 @@ def main() -> None:
         block_g = min(tbest, key=tbest.get)
     quants = {
         "one_shot": QuantAllReduce(QuantCommConfig(min_bytes=0, block_g=block_g), cal),
+        "pipelined": QuantAllReduce(QuantCommConfig(min_bytes=0, block_g=block_g, chunks=4), cal),
         "two_shot": QuantAllReduce(QuantCommConfig(min_bytes=0, mode="two_shot", block_g=block_g), cal),
     }
+
+    def call(q, x):
+        q(x, "bench")
+        q._last = -1  # the next call continues the forward pass: it reads the carried error, as in a model
     rows_out = []
     for nbytes in sizes:
         n = nbytes // (2 * H)
@@ -132,30 +143,32 @@ def main() -> None:
         row = {"bytes": nbytes, "rows": n}
         row["nccl_bf16_s"] = timer(lambda x=x: dist.all_reduce(x), iters, warmup, dev)
         for name, q in quants.items():
-            row[f"{name}_s"] = timer(lambda x=x, q=q: q(x, "bench"), iters, warmup, dev)
+            row[f"{name}_s"] = timer(lambda x=x, q=q: call(q, x), iters, warmup, dev)
         q = quants["one_shot"]
         s = q._site("bench", H, dev)
         lay = qp.layout(n, H, 128, s.idx.numel())
         mine = q.quantize(x, s)
         bufs = torch.empty(w, lay.total, dtype=torch.uint8, device=dev)
-        row["quantize_s"] = timer(lambda x=x, q=q, s=s: q.quantize(x, s), iters, warmup, dev)
+        err = torch.zeros_like(x)
+        row["quantize_s"] = timer(lambda x=x, q=q, s=s, e=err: q.quantize(x, s, err=e), iters, warmup, dev)
         row["allgather_payload_s"] = timer(lambda m=mine, b=bufs: comm.gather_into(b.view(-1), m),
                                            iters, warmup, dev)
         row["dequant_sum_s"] = timer(lambda b=bufs, q=q, s=s, lay=lay: q.dequant_sum(b, lay, s, dtype),
                                      iters, warmup, dev)
         row["payload_bytes"] = lay.total
-        row["speedup_one_shot"] = row["nccl_bf16_s"] / row["one_shot_s"]
-        row["speedup_two_shot"] = row["nccl_bf16_s"] / row["two_shot_s"]
+        for name in quants:
+            row[f"speedup_{name}"] = row["nccl_bf16_s"] / row[f"{name}_s"]
         rows_out.append(row)
         if st.rank == 0:
             print(f"{nbytes / 2**20:9.3f} MB  nccl {row['nccl_bf16_s'] * 1e6:9.1f} us  "
                   f"1shot {row['one_shot_s'] * 1e6:9.1f} us ({row['speedup_one_shot']:.2f}x)  "
+                  f"pipe {row['pipelined_s'] * 1e6:9.1f} us ({row['speedup_pipelined']:.2f}x)  "
                   f"2shot {row['two_shot_s'] * 1e6:9.1f} us ({row['speedup_two_shot']:.2f}x)  "
                   f"[q {row['quantize_s'] * 1e6:.1f} ag {row['allgather_payload_s'] * 1e6:.1f} "
                   f"dq {row['dequant_sum_s'] * 1e6:.1f}]", flush=True)
     gate = None
     for r in reversed(rows_out):
-        if min(r["one_shot_s"], r["two_shot_s"]) < r["nccl_bf16_s"]:
+        if min(r["one_shot_s"], r["pipelined_s"], r["two_shot_s"]) < r["nccl_bf16_s"]:
             gate = r["bytes"]
         else:
             break

@@ -7,8 +7,8 @@ The model is `llm.model.Transformer` with a Llama-3-8B shape (dim 4096, 32 layer
 heads, MLP 14336, vocab 128256) and random bf16 weights: built on the meta device, sharded by
 `apply_tp`, filled on the GPU. Prefill = one forward of a [1, S] prompt (last-position logits),
 median of 3 after a warm-up, max over ranks. Decode = greedy steps with the KV cache, batch 1 and
-16. Communication modes: plain NCCL bf16; quantized one-shot and two-shot behind the default size
-gate (decode-sized messages stay on NCCL).
+16. Communication modes: plain NCCL bf16; quantized one-shot (error feedback, the default), one-shot over 4
+row chunks (pipelined) and two-shot, behind a 1 MB gate (decode-sized messages stay on NCCL).
 """
 
 from __future__ import annotations
@@ -77,13 +77,14 @@ def plot(paths: list[str], png: str) -> None:
 
     runs = [json.loads(Path(p).read_text()) for p in paths]
     fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), squeeze=False)
-    modes = ("nccl_bf16", "quant_one_shot", "quant_two_shot")
     for ax, r in zip(axes[0], runs, strict=True):
         lengths = list(r["prefill"])
+        modes = list(r["prefill"][lengths[0]])
+        wd = 0.8 / len(modes)
         for k, m in enumerate(modes):
             ys = [r["prefill"][s][m]["ttft_s"] * 1e3 for s in lengths]
-            xs = [i + (k - 1) * 0.27 for i in range(len(lengths))]
-            bars = ax.bar(xs, ys, width=0.27, label=m)
+            xs = [i + (k - (len(modes) - 1) / 2) * wd for i in range(len(lengths))]
+            bars = ax.bar(xs, ys, width=wd, label=m)
             ax.bar_label(bars, fmt="%.0f", fontsize=7)
         ax.set_xticks(range(len(lengths)), [f"{s} tokens" for s in lengths])
         ax.set_ylabel("prefill TTFT (ms)")
@@ -116,6 +117,7 @@ def main() -> None:
     min_bytes = 0 if smoke else 1 << 20
     modes = {"nccl_bf16": None,
              "quant_one_shot": QuantAllReduce(QuantCommConfig(min_bytes=min_bytes), cal),
+             "quant_pipelined": QuantAllReduce(QuantCommConfig(min_bytes=min_bytes, chunks=4), cal),
              "quant_two_shot": QuantAllReduce(QuantCommConfig(min_bytes=min_bytes, mode="two_shot"), cal)}
     res = {"tag": args.tag, "world_size": w, "shape": shape, "dtype": str(dtype), "smoke": smoke,
            "nccl_p2p_disable": os.environ.get("NCCL_P2P_DISABLE", ""), "gate_min_bytes": min_bytes,
@@ -157,12 +159,13 @@ def main() -> None:
     comm.set_quantizer(None)
     for d in res["prefill"].values():
         base = d["nccl_bf16"]["ttft_s"]
-        for name in ("quant_one_shot", "quant_two_shot"):
+        for name in modes:
             d[name]["ttft_reduction"] = 1 - d[name]["ttft_s"] / base
     if st.rank == 0:
         write_json(args.out, res)
         for s, d in res["prefill"].items():
             print(f"TTFT reduction at {s}: one-shot {d['quant_one_shot']['ttft_reduction']:.1%}, "
+                  f"pipelined {d['quant_pipelined']['ttft_reduction']:.1%}, "
                   f"two-shot {d['quant_two_shot']['ttft_reduction']:.1%}")
     dist.barrier()
     dist.destroy_process_group()

@@ -72,8 +72,9 @@ if triton is not None:
             acc1 += ((b >> 4) - 8).to(tl.float32) * scf
         if HAS_OUTL:
             # outlier channels carry code 8 (= 0.0) above; their bf16 values come from the K slots
-            s0 = tl.load(slot_ptr + 2 * j, mask=m0, other=-1)
-            s1 = tl.load(slot_ptr + 2 * j + 1, mask=m1, other=-1)
+            sp = tl.load(slot_ptr + j, mask=m0, other=0)
+            s0 = (sp & 65535) - 1
+            s1 = (sp >> 16) - 1
             o0 = m0 & (s0 >= 0)
             o1 = m1 & (s1 >= 0)
             a0 = tl.zeros([BLOCK_G, half], dtype=tl.float32)

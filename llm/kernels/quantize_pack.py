@@ -13,7 +13,8 @@ Outlier channels are zeroed before the group absmax, so their 4-bit code is 0 an
 4 bits of padding each (K = H/64 gives 1/16 bit per value): the price of keeping every load and
 store contiguous instead of gathering inliers through a permutation. The outlier indices are
 fixed by calibration and never travel; the kernels find a channel's bf16 slot through a static
-`slot_map()` ([H] int32, -1 for inliers).
+`slot_map()` (one int32 per channel pair: slot + 1 of the even channel in the low 16 bits, of the
+odd one in the high 16 bits, 0 for inliers), so one contiguous load serves a whole pair.
 
 Error feedback (optional, `err`): the rank quantizes x - err instead of x and then overwrites err with
 its new quantization error, dequant(message) - (x - err). The caller passes the same err buffer to the
@@ -87,10 +88,14 @@ def views(buf: torch.Tensor, lay: Layout) -> tuple[torch.Tensor, torch.Tensor, t
 
 
 def slot_map(outlier_idx: torch.Tensor, hidden: int) -> torch.Tensor:
-    """[H] int32: the bf16 slot k of outlier channel outlier_idx[k], -1 for every other channel."""
-    slot = torch.full((hidden,), -1, dtype=torch.int32, device=outlier_idx.device)
-    slot[outlier_idx.long()] = torch.arange(outlier_idx.numel(), dtype=torch.int32, device=outlier_idx.device)
-    return slot
+    """[ceil(H/2)] int32: for channels 2j and 2j+1, (slot + 1) of each in the low / high 16 bits, where
+    outlier channel outlier_idx[k] has slot k and every other channel 0 (no slot)."""
+    k = outlier_idx.numel()
+    if k >= 1 << 15:
+        raise ValueError(f"at most 32767 outlier channels, got {k}")
+    slot = torch.zeros(2 * ((hidden + 1) // 2), dtype=torch.int32, device=outlier_idx.device)
+    slot[outlier_idx.long()] = torch.arange(1, k + 1, dtype=torch.int32, device=outlier_idx.device)
+    return slot[0::2] | (slot[1::2] << 16)
 
 
 def quantize_pack_ref(x: torch.Tensor, outlier_idx: torch.Tensor, group: int, out: torch.Tensor | None = None,
@@ -179,8 +184,9 @@ if triton is not None:
             e0, e1 = load_pairs(e_ptr, e32_ptr, row * stride_e, j, m0, m1, PAIRED)
             x0 -= e0
             x1 -= e1
-        s0 = tl.load(slot_ptr + 2 * j, mask=m0, other=-1)
-        s1 = tl.load(slot_ptr + 2 * j + 1, mask=m1, other=-1)
+        sp = tl.load(slot_ptr + j, mask=m0, other=0)
+        s0 = (sp & 65535) - 1
+        s1 = (sp >> 16) - 1
         o0 = s0 >= 0
         o1 = s1 >= 0
         i0 = tl.where(o0, 0.0, x0)
@@ -218,7 +224,7 @@ def pairable(*ts: torch.Tensor) -> bool:
 def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, slots: torch.Tensor, group: int,
                   out: torch.Tensor | None = None, block_g: int = 8, err: torch.Tensor | None = None,
                   err_in: bool = True, num_warps: int = 4) -> torch.Tensor:
-    """Triton launcher: same result as `quantize_pack_ref` (x [N, H] row-major; slots = slot_map())."""
+    """Triton launcher: same result as `quantize_pack_ref` (x [N, H] row-major; slots = slot_map(idx, H))."""
     if triton is None:
         raise RuntimeError("triton is not installed; use quantize_pack_ref")
     if group & (group - 1):

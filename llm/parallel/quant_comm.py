@@ -71,6 +71,8 @@ class QuantCommConfig:
     block_g: int = 8               # groups per Triton program (bench/tp_kernels.py picks it on a GPU)
     num_warps: int = 4
     error_feedback: bool = True    # carry each rank's quantization error to the next site (module doc)
+    chunks: int = 1                # one-shot pipeline: quantize / all-gather / dequant of row chunks overlap
+    chunk_min_bytes: int = 16 << 20  # fewer chunks than `chunks` when they would be smaller than this
 
     def __post_init__(self) -> None:
         if self.mode not in ("one_shot", "two_shot"):
@@ -237,7 +239,7 @@ class QuantAllReduce:
         key = (tag, w, nbytes, str(device))
         b = self._bufs.get(key)
         if b is None:
-            if len(self._bufs) > 16:  # many shapes (prefill buckets): keep the cache small
+            if len(self._bufs) > 32:  # many shapes (prefill buckets): keep the cache small
                 self._bufs.clear()
             b = self._bufs[key] = torch.empty(w, nbytes, dtype=torch.uint8, device=device)
         return b
@@ -270,13 +272,38 @@ class QuantAllReduce:
         err, carry = self._feedback(site, x2)
         if self.cfg.mode == "two_shot" and x2.shape[0] >= w:
             return self._two_shot(x2, s, w, err, carry).view(shape)
-        lay = qp.layout(x2.shape[0], h, self.cfg.group_size, s.idx.numel())
+        n = x2.shape[0]
+        c = min(self.cfg.chunks, n, x2.numel() * x2.element_size() // max(1, self.cfg.chunk_min_bytes))
+        if c > 1:
+            return self._pipelined(x2, s, w, err, carry, c).view(shape)
+        lay = qp.layout(n, h, self.cfg.group_size, s.idx.numel())
         bufs = self._buffer("one", w, lay.total, x.device)
         rank = dist.get_rank(self.group)
         # quantize straight into this rank's slot of the gather buffer (in-place all-gather)
         mine = self.quantize(x2, s, out=bufs[rank], err=err, err_in=carry)
         _gather(bufs.view(-1), mine, group=self.group)
         return self.dequant_sum(bufs, lay, s, x.dtype).view(shape)
+
+    def _pipelined(self, x2: torch.Tensor, s: _Site, w: int, err: torch.Tensor | None, carry: bool,
+                   c: int) -> torch.Tensor:
+        """One-shot over c row chunks: chunk i+1 is quantized while chunk i's all-gather runs, and
+        chunk i is dequantized while later all-gathers run (NCCL has its own stream)."""
+        n, h = x2.shape
+        rank = dist.get_rank(self.group)
+        out = torch.empty_like(x2)
+        step = -(-n // c)
+        pending = []
+        for i, a in enumerate(range(0, n, step)):
+            b = min(n, a + step)
+            lay = qp.layout(b - a, h, self.cfg.group_size, s.idx.numel())
+            bufs = self._buffer(f"chunk{i}", w, lay.total, x2.device)
+            e = None if err is None else err[a:b]
+            mine = self.quantize(x2[a:b], s, out=bufs[rank], err=e, err_in=carry)
+            pending.append((a, b, lay, bufs, _gather(bufs.view(-1), mine, group=self.group, async_op=True)))
+        for a, b, lay, bufs, work in pending:
+            work.wait()
+            self.dequant_sum(bufs, lay, s, x2.dtype, out=out[a:b])
+        return out
 
     def _two_shot(self, x2: torch.Tensor, s: _Site, w: int, err: torch.Tensor | None,
                   carry: bool) -> torch.Tensor:

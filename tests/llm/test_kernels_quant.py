@@ -127,7 +127,8 @@ def test_layout_bits_per_value_and_slots():
     assert lay.bits_per_value == pytest.approx(4 + 16 / 128 + 16 * 64 / 4096)
     assert lay.off_scales % 16 == 0 and lay.off_outliers % 16 == 0 and lay.total % 16 == 0
     s = slot_map(torch.tensor([3, 9, 10], dtype=torch.int32), 12)
-    assert s.tolist() == [-1, -1, -1, 0, -1, -1, -1, -1, -1, 1, 2, -1]
+    # pairs (0,1) (2,3) (4,5) (6,7) (8,9) (10,11): slot + 1 of the even channel low, of the odd one high
+    assert s.tolist() == [0, 1 << 16, 0, 0, 2 << 16, 3]
 
 
 def test_error_feedback_reference_cancels_accumulated_error():

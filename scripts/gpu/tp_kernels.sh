@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Quantized all-reduce kernels on ONE GPU (nvidia-h100-x1, ~3 min): the CUDA kernel tests, then
+# bench/tp_kernels.py (quantize+pack, quantize with error feedback, dequant+sum of 2 messages; 8 KB-128 MB;
+# GPU time from CUDA graphs, eager time per call, GB/s against a measured torch copy; config sweep).
+# Usage (repo root): bash scripts/gpu/tp_kernels.sh     Results: $OUT/tp_kernels/{kernels.json,log.txt,...}
+# Carried wheels (tests only): .whl/pytest-*.whl .whl/pluggy-*.whl .whl/iniconfig-*.whl .whl/pygments-*.whl
+# CPU smoke test: SMOKE=1 OUT=/tmp/o bash scripts/gpu/tp_kernels.sh   (Triton interpreter, tiny sizes)
+set -uo pipefail
+NAME=tp_kernels
+OUT_ROOT=${OUT:-$PWD/runs}
+D=$OUT_ROOT/$NAME
+mkdir -p "$D"
+export PYTHONPATH=$PWD:$PWD/protos${PYTHONPATH:+:$PYTHONPATH}
+BUDGET=${BUDGET:-420}
+
+step() {  # step NAME TIMEOUT CMD...: run with a time limit inside the budget; never abort the script
+  local name=$1 limit=$2; shift 2
+  local left=$((BUDGET - SECONDS))
+  if [ "$left" -lt 20 ]; then echo "== SKIP $name (only ${left}s left)"; return; fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "== $name (limit ${limit}s, t=${SECONDS}s)"
+  timeout --kill-after=10 "$limit" "$@"
+  echo "== $name rc=$? (t=${SECONDS}s)"
+}
+
+main() {
+  date -u; hostname
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv 2>/dev/null
+  if ! python3 -c "import pytest" 2>/dev/null && ls .whl/pytest-*.whl >/dev/null 2>&1; then
+    whls=$(ls .whl/pytest-*.whl .whl/pluggy-*.whl .whl/iniconfig-*.whl .whl/pygments-*.whl)
+    python3 -c "import packaging" 2>/dev/null || whls="$whls $(ls .whl/packaging-*.whl)"
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site $whls && export PYTHONPATH=/tmp/site:$PYTHONPATH
+  fi
+  if [ "${SMOKE:-0}" = "1" ]; then
+    export TRITON_INTERPRET=1
+    step bench 300 python3 bench/tp_kernels.py --device cpu --out "$D/kernels.json"
+  else
+    step kernel_tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/llm/test_kernels_quant.py
+    step bench 300 python3 bench/tp_kernels.py --device cuda --out "$D/kernels.json"
+  fi
+  echo "== done t=${SECONDS}s"; ls -la "$D"
+}
+
+main 2>&1 | tee "$D/log.txt"
