@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tensor-parallel GPU run (nvidia-h200-x2, <= 9 min): Triton kernel tests on CUDA, all-reduce latency
+# Tensor-parallel GPU run (nvidia-h200-x2, ~4 min, <= 7): Triton kernel tests on CUDA, all-reduce latency
 # vs size (NCCL bf16 vs quantized) over NVLink and with NCCL_P2P_DISABLE=1, end-to-end prefill/decode
 # of a Llama-3-8B-shaped model at TP=2, and the quality eval on the default model if it exists.
 # Usage (repo root): bash scripts/gpu/tp_bench.sh     Results: $OUT/tp_bench/*.json, log.txt
@@ -12,7 +12,7 @@ mkdir -p "$D"
 export PYTHONPATH=$PWD:$PWD/protos${PYTHONPATH:+:$PYTHONPATH}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=1 OMP_NUM_THREADS=4
-BUDGET=${BUDGET:-500}
+BUDGET=${BUDGET:-400}
 DEV=cuda
 NPROC=2
 if [ "${SMOKE:-0}" = "1" ]; then DEV=cpu; fi
@@ -48,7 +48,7 @@ main() {
   NCCL_P2P_DISABLE=1 step comm_nop2p 110 $run bench/tp_comm.py --device $DEV --tag nop2p --out "$D/comm_nop2p.json"
   for m in dense moe; do
     if [ -f models/llm/$m/config.json ]; then
-      step quality_$m 60 $run -m llm.parallel.quality --model models/llm/$m --device $DEV \
+      step quality_$m 90 $run -m llm.parallel.quality --model models/llm/$m --device $DEV \
         --text .llmdata/val.txt.xz --out "$D/quality_${m}_tp2.json"
     else
       echo "== no models/llm/$m: quality eval skipped"
