@@ -54,6 +54,7 @@ if triton is not None:
                             HAS_OUTL: tl.constexpr):
         # scales_ptr / outl_ptr: fp16 / bf16 views of the same buffer, OFF_*2 in 2-byte units. Channels
         # are held as [BLOCK_G, GROUP/2] pairs (2j, 2j+1): a byte's two nibbles stay in one lane.
+        # stride_out is in 32-bit words if PAIRED (see quantize_pack.load_pairs).
         row = tl.program_id(0).to(tl.int64)
         half: tl.constexpr = GROUP // 2
         g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
@@ -106,6 +107,7 @@ def dequant_sum(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor, slot
     _dequant_sum_kernel[grid](flat, flat.view(torch.float16), flat.view(torch.bfloat16), slots, out,
                               out.view(torch.int32) if paired else out, w, lay.total, lay.hidden,
                               lay.packed_bytes, lay.n_groups, lay.n_outliers, lay.off_scales // 2,
-                              lay.off_outliers // 2, out.stride(0), GROUP=lay.group, BLOCK_G=block_g,
+                              lay.off_outliers // 2, out.stride(0) // (2 if paired else 1), GROUP=lay.group,
+                              BLOCK_G=block_g,
                               PAIRED=paired, HAS_OUTL=lay.n_outliers > 0, num_warps=num_warps)
     return out

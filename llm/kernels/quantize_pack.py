@@ -142,9 +142,12 @@ if triton is not None:
 
     @triton.jit
     def load_pairs(ptr, ptr32, row_off, j, m0, m1, PAIRED: tl.constexpr):
-        """Channels 2j and 2j+1 as fp32; PAIRED: bf16 loaded two at a time as one 32-bit word."""
+        """Channels 2j and 2j+1 as fp32; PAIRED: bf16 loaded two at a time as one 32-bit word.
+
+        row_off is in 32-bit words if PAIRED, else in elements (the launcher passes the stride in the
+        unit used, so the compiler sees its divisibility and vectorizes)."""
         if PAIRED:
-            v = tl.load(ptr32 + row_off // 2 + j, mask=m0, other=0)
+            v = tl.load(ptr32 + row_off + j, mask=m0, other=0)
             # a bf16 is the top half of the fp32 with the same value
             a = (v << 16).to(tl.float32, bitcast=True)
             b = (v & -65536).to(tl.float32, bitcast=True)
@@ -159,7 +162,7 @@ if triton is not None:
         if PAIRED:
             lo = a.to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32) & 65535
             hi = b.to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32) << 16
-            tl.store(ptr32 + row_off // 2 + j, lo | hi, mask=m0)
+            tl.store(ptr32 + row_off + j, lo | hi, mask=m0)
         else:
             tl.store(ptr + row_off + 2 * j, a.to(ptr.dtype.element_ty), mask=m0)
             tl.store(ptr + row_off + 2 * j + 1, b.to(ptr.dtype.element_ty), mask=m1)
@@ -169,7 +172,8 @@ if triton is not None:
                               H, stride_x, stride_e, PB, NG, K, OFF_S2, OFF_O2, INV_Q,
                               GROUP: tl.constexpr, BLOCK_G: tl.constexpr, PAIRED: tl.constexpr,
                               ERR_IN: tl.constexpr, ERR_OUT: tl.constexpr):
-        # buf_ptr / half_ptr / bhalf_ptr: the same message as uint8 / fp16 / bf16; OFF_*2 in 2-byte units.
+        # buf_ptr / half_ptr / bhalf_ptr: the same message as uint8 / fp16 / bf16; OFF_*2 in 2-byte units;
+        # stride_x / stride_e in 32-bit words if PAIRED (see load_pairs).
         # One program: BLOCK_G groups of one row, held as [BLOCK_G, GROUP/2] pairs of channels (2j, 2j+1),
         # so the two nibbles of a byte come from the same lane: no interleaving shuffles.
         row = tl.program_id(0).to(tl.int64)
@@ -238,9 +242,10 @@ def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, slots: torch.Tenso
     paired = pairable(x, e)
     x32 = x.view(torch.int32) if paired else x
     e32 = e.view(torch.int32) if paired else e
+    unit = 2 if paired else 1  # strides in 32-bit words when bf16 pairs move together
     grid = (n, triton.cdiv(lay.n_groups, block_g))
     _quantize_pack_kernel[grid](x, x32, slots, e, e32, buf, buf.view(torch.float16), buf.view(torch.bfloat16),
-                                h, x.stride(0), e.stride(0), lay.packed_bytes, lay.n_groups, lay.n_outliers,
+                                h, x.stride(0) // unit, e.stride(0) // unit, lay.packed_bytes, lay.n_groups, lay.n_outliers,
                                 lay.off_scales // 2, lay.off_outliers // 2, INV_QMAX,
                                 GROUP=group, BLOCK_G=block_g, PAIRED=paired, ERR_IN=err is not None and err_in,
                                 ERR_OUT=err is not None, num_warps=num_warps)
