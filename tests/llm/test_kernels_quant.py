@@ -53,8 +53,9 @@ def _check(qp, ds, n, h, group, k, dtype, device, seed, world=3, block_g=2):
     ref_sum = ds.dequant_sum_ref(stacked, lay, idx.long())
     for out_dtype in (torch.float32, dtype):
         got_sum = ds.dequant_sum(stacked, lay, idx, slots, out_dtype=out_dtype, block_g=block_g)
-        # fused multiply-adds on the GPU may differ from the reference in the last bits
-        tol = 1e-5 if out_dtype == torch.float32 else 2 ** -8
+        # fused multiply-adds on the GPU may differ from the reference in the last bits, which can move
+        # a bf16 output by one unit in the last place (up to 2^-7 relative)
+        tol = 1e-5 if out_dtype == torch.float32 else 2 ** -7
         torch.testing.assert_close(got_sum.float(), ref_sum.to(out_dtype).float(), rtol=tol,
                                    atol=tol * ref_sum.abs().max().item())
     exact = sum(x.float() for x in xs)
