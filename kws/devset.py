@@ -208,3 +208,28 @@ def calibrate_gate(model_dir, examples: list[dict], quantile: float = 0.01, marg
     mw.gate = gate
     mw.save(path)
     return gate
+
+
+def gate_examples(model_dir, manifest, limit: int = 150) -> list[dict]:
+    """Positive trials of a pairs manifest as `calibrate_gate` examples (log-mel features, phoneme ids)."""
+    import json
+    from pathlib import Path
+
+    from edge.spotter import Spotter
+    from kws.eval.manifest import load_audio
+
+    sp = Spotter.from_dir(model_dir)
+    manifest = Path(manifest)
+    out, seen = [], set()
+    for line in manifest.read_text().splitlines():
+        r = json.loads(line)
+        if r["label"] != 1 or r["audio"] in seen:
+            continue
+        seen.add(r["audio"])
+        x = load_audio(manifest.parent / r["audio"], sp.feature_cfg.sample_rate)
+        out.append({"ids": sp.phoneme_ids(r["text"], limit=None), "feats": sp.logmel(x)})
+        if len(out) >= limit:
+            break
+    if not out:
+        raise ValueError(f"{manifest}: no positive trials to calibrate on")
+    return out

@@ -49,6 +49,7 @@ class TrainConfig:
     lr: float = 2e-3
     warmup: int = 100
     ema: float = 0.97
+    warp: float = 0.0  # mel-axis stretch (VTLP) of up to +-warp in feature_augment
     tau: float = 0.1
     seed: int = 0
     log_every: int = 50
@@ -80,10 +81,11 @@ def collate(examples: list[dict], device) -> dict:
 
 
 def feature_augment(feats: torch.Tensor, gen: torch.Generator | None = None, max_tilt: float = 0.7,
-                    masks: int = 2, max_width: int = 6) -> torch.Tensor:
-    """Channel and band robustness on log-mel features [B, T, M], a batch at a time.
+                    masks: int = 2, max_width: int = 6, max_warp: float = 0.0) -> torch.Tensor:
+    """Channel, band and speaker robustness on log-mel features [B, T, M], a batch at a time.
 
-    Adds a smooth random curve over the mel bins to each utterance (up to +-max_tilt in log units,
+    First stretches the mel axis of each utterance by a random factor within 1 +- max_warp (vocal
+    tract length perturbation: formants move, tempo does not), then adds a smooth random curve over the mel bins to each utterance (up to +-max_tilt in log units,
     ~6 dB: microphone and room colouring) and blanks `masks` random bands of up to `max_width` bins
     with the utterance's mean (SpecAugment's frequency masks).
     """
@@ -93,6 +95,13 @@ def feature_augment(feats: torch.Tensor, gen: torch.Generator | None = None, max
     def rand(*shape):
         return torch.rand(*shape, generator=gen, device="cpu").to(dev)
 
+    if max_warp > 0:
+        alpha = 1 + (rand(b, 1) * 2 - 1) * max_warp
+        src = (torch.arange(m, device=dev, dtype=feats.dtype)[None] * alpha).clamp(max=m - 1)  # [B, M]
+        lo = src.floor().long().clamp(max=m - 2)
+        frac = (src - lo.to(src.dtype))[:, None, :]
+        idx = lo[:, None, :].expand(b, feats.shape[1], m)
+        feats = torch.gather(feats, 2, idx) * (1 - frac) + torch.gather(feats, 2, idx + 1) * frac
     u = torch.arange(m, device=dev, dtype=feats.dtype) / (m - 1)
     k = torch.arange(1, 4, device=dev, dtype=feats.dtype)
     curve = ((rand(b, 3) * 2 - 1)[..., None] * torch.cos(math.pi * k[None, :, None] * u + math.pi * rand(b, 3, 1))).sum(1)
@@ -207,7 +216,7 @@ class Trainer:
         c, dev = self.cfg, self.device
         bt = collate(examples, dev)
         if c.feat_aug and self.model.training:
-            bt["feats"] = feature_augment(bt["feats"], self.gen)
+            bt["feats"] = feature_augment(bt["feats"], self.gen, max_warp=c.warp)
         logp, emb = self.model(bt["feats"])  # [B, T, V], [B, T, E]
         t = logp.shape[1]
         lens = bt["lens"].clamp(max=t)

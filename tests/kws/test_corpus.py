@@ -58,6 +58,19 @@ def test_feature_augment_leaves_padding_and_shape_alone():
     assert same_offset.sum() >= 40 - 12 and d[0, same_offset].abs().max() > 0.01
 
 
+def test_feature_warp_moves_formants_and_keeps_padding():
+    g = torch.Generator().manual_seed(1)
+    x = torch.full((8, 30, 40), -6.0)
+    x[:, :, 20] = 2.0  # one "formant" at bin 20
+    x[:, 25:] = PAD_FEAT
+    y = feature_augment(x, g, max_tilt=0.0, masks=0, max_warp=0.15)
+    peaks = y[:, 0].argmax(-1)
+    assert len(set(peaks.tolist())) > 1 and (peaks - 20).abs().max() <= 4  # moved, by at most ~15 %
+    assert torch.allclose(y[:, 25:], torch.full_like(y[:, 25:], PAD_FEAT))
+    # no warp: the identity
+    assert torch.equal(feature_augment(x, g, max_tilt=0.0, masks=0), x)
+
+
 def test_live_corpus_keeps_adding_examples():
     data: list[dict] = []
     live = LiveCorpus(data, workers=1, job_size=10, seed=5)
