@@ -174,6 +174,8 @@ def prefill_graph_phase(path: Path, a, max_ctx: int) -> dict:
                "--max-context", str(max_ctx), "--out", str(out)]
         if a.dtype:
             cmd += ["--dtype", a.dtype]
+        if a.compile_prefill:
+            cmd += ["--compile-prefill"]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.prefill_graph_timeout)
         except subprocess.TimeoutExpired:
@@ -182,7 +184,9 @@ def prefill_graph_phase(path: Path, a, max_ctx: int) -> dict:
     if proc.returncode != 0 or "ttft_prefill_graphs" not in r:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
         return {"prefill_graphs_error": f"rc={proc.returncode}: " + " | ".join(tail)}
+    comp = r.get("ttft_prefill_graphs_compiled", {})
     return {"ttft_ms_prefill_graphs": {int(p): v["median"] for p, v in r["ttft_prefill_graphs"].items()},
+            **({"ttft_ms_prefill_graphs_compiled": {int(p): v["median"] for p, v in comp.items()}} if comp else {}),
             "prefill_graphs_agree": r.get("agree"), "prefill_graphs_buckets_failed": r.get("buckets_failed")}
 
 
@@ -228,9 +232,10 @@ def bench_model(path: Path, a, device: torch.device, bw: float, res: dict, save)
         res["hf_decode_tok_s"] = {b: round(hf_decode(hf, b, a.gen, a.decode_prompt_len, vocab), 1) for b in a.batches}
         res["decode_speedup"] = {b: round(res["decode_tok_s"][b] / res["hf_decode_tok_s"][b], 2) for b in a.batches}
         res["prefill_speedup"] = {p: round(res["hf_ttft_ms"][p] / res["ttft_ms"][p], 2) for p in plens}
-        if "ttft_ms_prefill_graphs" in res:
-            res["prefill_speedup_graphs"] = {p: round(res["hf_ttft_ms"][p] / res["ttft_ms_prefill_graphs"][p], 2)
-                                             for p in plens}
+        for key in ("ttft_ms_prefill_graphs", "ttft_ms_prefill_graphs_compiled"):
+            if key in res:
+                res[key.replace("ttft_ms", "prefill_speedup")] = {p: round(res["hf_ttft_ms"][p] / res[key][p], 2)
+                                                                  for p in plens}
         hf_tokens = hf_generate(hf, ids, 32)[1][0].tolist()
         same = next((i for i, (x, y) in enumerate(zip(ours_tokens, hf_tokens, strict=True)) if x != y), 32)
         res["greedy_agree_prefix_of_32"] = same
@@ -290,9 +295,11 @@ def print_table(out: dict) -> None:
         for p, v in r["ttft_ms"].items():
             hv = r.get("hf_ttft_ms", {}).get(p, "-")
             print(f"  {'TTFT ms @' + str(p):<22}{v:>12}{hv:>14}{r.get('prefill_speedup', {}).get(p, '-'):>9}")
-        for p, v in r.get("ttft_ms_prefill_graphs", {}).items():
-            hv = r.get("hf_ttft_ms", {}).get(p, "-")
-            print(f"  {'TTFT ms graphs @' + str(p):<22}{v:>12}{hv:>14}{r.get('prefill_speedup_graphs', {}).get(p, '-'):>9}")
+        for tag, key in (("graphs", "ttft_ms_prefill_graphs"), ("g+compile", "ttft_ms_prefill_graphs_compiled")):
+            for p, v in r.get(key, {}).items():
+                hv = r.get("hf_ttft_ms", {}).get(p, "-")
+                sp = r.get(key.replace("ttft_ms", "prefill_speedup"), {}).get(p, "-")
+                print(f"  {'TTFT ms ' + tag + ' @' + str(p):<22}{v:>12}{hv:>14}{sp:>9}")
         for b, v in r["decode_tok_s"].items():
             hv = r.get("hf_decode_tok_s", {}).get(b, "-")
             print(f"  {'decode tok/s @b' + str(b):<22}{v:>12}{hv:>14}{r.get('decode_speedup', {}).get(b, '-'):>9}")
@@ -343,6 +350,7 @@ def main() -> None:
     ap.add_argument("--no-prefill-graphs", dest="prefill_graphs", action="store_false",
                     help="skip the prefill-graph TTFT phase (bench/llm_prefill.py in a child process)")
     ap.add_argument("--prefill-graph-timeout", type=int, default=180)
+    ap.add_argument("--compile-prefill", action="store_true", help="prefill-graph phase: compiled prefills too")
     a = ap.parse_args()
     device, out = start_run(a)
     bw = copy_bandwidth(device, (1 << 30) if device.type == "cuda" else (1 << 27))

@@ -86,6 +86,11 @@ def prefill_graph_ttft(path: Path, a, device: torch.device, max_ctx: int, res: d
     res["buckets_captured"] = sorted(eng.prefill_graphs.graphs)
     res["buckets_failed"] = sorted(eng.prefill_graphs.failed)
     res["agree"] = {p: first_logits_agree(eng, p) for p in plens}
+    if a.compile_prefill:  # graphs of compiled prefills from 2048 tokens up (first call compiles)
+        eng.prefill_graphs = PrefillGraphs(eng.model, eng.cache_len, compile_min_len=2048)
+        res["ttft_prefill_graphs_compiled"] = {p: _ms_stats(ttft_times(eng, p, a.reps)) for p in plens}
+        res["agree_compiled"] = {p: first_logits_agree(eng, p) for p in plens}
+        save()
     eng.prefill_graphs = None
     res["ttft_eager_again"] = {p: _ms_stats(ttft_times(eng, p, a.reps)) for p in plens}
 
@@ -109,7 +114,7 @@ def run_all(a, device: torch.device, out: dict) -> None:
         save(out, a.out)
     for m, r in out["models"].items():
         print(f"\n{m}: TTFT ms, median (min-max) of {a.reps} after one warm-up run")
-        for key in ("ttft_eager", "ttft_prefill_graphs", "ttft_eager_again"):
+        for key in ("ttft_eager", "ttft_prefill_graphs", "ttft_prefill_graphs_compiled", "ttft_eager_again"):
             for p, v in r.get(key, {}).items():
                 print(f"  {key:<22}@{p:<6}{v['median']:>9} ({v['min']}-{v['max']})  first {v['first']}")
         for p, v in r.get("eager_forward_split", {}).items():
@@ -134,6 +139,7 @@ def main() -> None:
     ap.add_argument("--gen", type=int, default=128, help="for the default context, as the bench")
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--max-context", type=int, default=0, help="0: as bench/llm_engine.py picks it")
+    ap.add_argument("--compile-prefill", action="store_true", help="also prefill graphs of compiled prefills")
     ap.add_argument("--smoke", action="store_true", help="tiny random shapes (to test the script)")
     ap.add_argument("--workdir", default="/tmp/llm_bench_models")
     ap.add_argument("--out", default="runs/bench/llm_prefill.json")

@@ -201,8 +201,18 @@ class PrefillGraphs:
       spare last cache position, which no request ever reads: it may not write any slot's rows.
     """
 
-    def __init__(self, model, cache_len: int, min_len: int = 64):
+    def __init__(self, model, cache_len: int, min_len: int = 64, compile_min_len: int | None = None):
         self.model = model
+        # long prefills are GPU-bound, not launch-bound: there torch.compile's fusion of the
+        # elementwise ops (RMSNorm in fp32, RoPE, SwiGLU) is what is left to gain; one compile
+        # per bucket, so only from compile_min_len tokens up
+        self.compile_min_len = compile_min_len
+        self.compiled = None
+        if compile_min_len is not None:
+            import torch._dynamo
+
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            self.compiled = torch.compile(model, dynamic=False)
         self.cache_len = cache_len
         self.buckets = _buckets(min(min_len, cache_len), cache_len)
         self.graphs: dict[int, tuple] = {}
@@ -227,9 +237,10 @@ class PrefillGraphs:
 
     def _capture(self, L: int):
         _, tok, pos, slot, last = self._static_inputs(L)
+        fn = self.compiled if self.compiled is not None and self.compile_min_len <= L else self.model
 
         def fwd():
-            return self.model(tok, pos, slot, kv_len=L, fresh=True, logits_index=last)[:, 0]
+            return fn(tok, pos, slot, kv_len=L, fresh=True, logits_index=last)[:, 0]
 
         self._warmup(fwd)
         g, logits = self._graph(fwd)

@@ -76,10 +76,11 @@ class Engine:
     compile: torch.compile the captured decode step (CUDA graphs only; compiles per shape bucket);
     prefill_graphs: also replay captured prefills of padded length buckets (CUDA graphs only; one
     capture per bucket on first use; 1k-token TTFT of a 1B model on an H100: 22.9 -> 7.1 ms);
-    detokenize: fill `RequestOutput.text` and honour stop strings; decode_steps: with CUDA graphs,
-    run up to this many greedy decode steps back to back on the device (the sampled token feeds
-    the next replay) with one host sync, when every running request is greedy without repetition
-    penalty and nothing waits to be admitted or prefilled. Stop conditions are applied per token on
+    compile_prefill: torch.compile the captured prefills of 2048 tokens and more (prefill graphs
+    only; one compile per bucket); detokenize: fill `RequestOutput.text` and honour stop strings;
+    decode_steps: with CUDA graphs, run up to this many greedy decode steps back to back on the
+    device (the sampled token feeds the next replay) with one host sync, when every running
+    request is greedy without repetition penalty and nothing waits to be admitted or prefilled. Stop conditions are applied per token on
     the host afterwards (tokens after a stop are discarded), outputs still carry one token each, so
     results and callbacks are those of decode_steps=1; a request that arrives meanwhile waits up
     to decode_steps steps for admission.
@@ -88,7 +89,7 @@ class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer | None = None, *, max_batch_size: int = 32,
                  max_context: int | None = None, max_prefill_tokens_per_step: int = 2048,
                  cuda_graphs: bool | None = None, compile: bool = False, prefill_graphs: bool = False,
-                 detokenize: bool = True, decode_steps: int = 1):
+                 compile_prefill: bool = False, detokenize: bool = True, decode_steps: int = 1):
         if max_batch_size < 1 or max_prefill_tokens_per_step < 1 or decode_steps < 1:
             raise ValueError("max_batch_size, max_prefill_tokens_per_step and decode_steps must be >= 1")
         self.model, self.tokenizer = model, tokenizer
@@ -107,7 +108,9 @@ class Engine:
         model.setup_caches(max_batch_size, self.cache_len)
         use_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         self.graphs = DecodeGraphs(model, max_batch_size, self.cache_len, compile=compile) if use_graphs else None
-        self.prefill_graphs = PrefillGraphs(model, self.cache_len) if use_graphs and prefill_graphs else None
+        self.prefill_graphs = None
+        if use_graphs and prefill_graphs:
+            self.prefill_graphs = PrefillGraphs(model, self.cache_len, compile_min_len=2048 if compile_prefill else None)
         self._lock = threading.Lock()  # guards the hand-over lists below
         self._step_lock = threading.RLock()  # held for a whole step
         self._incoming: list[_Request] = []
