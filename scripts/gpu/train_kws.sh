@@ -74,8 +74,14 @@ if lr:
 if os.environ.get("WARP"):
     v["warp"] = float(os.environ["WARP"])
 if init and os.path.exists(os.path.join(init, "encoder.onnx")):
-    # the warm start fixes the encoder shape, unless GROW names a larger one (kws.models.encoder.grow)
-    v.update(init_from=init, encoder=json.loads(os.environ.get("GROW") or "{}"))
+    # the warm start keeps the model's encoder shape, unless GROW names a larger one (kws.models.encoder.grow)
+    if os.environ.get("GROW"):
+        shape = json.loads(os.environ["GROW"])
+    else:
+        import onnx
+        meta = onnx.load(os.path.join(init, "encoder.onnx"), load_external_data=False).metadata_props
+        shape = json.loads({p.key: p.value for p in meta}["encoder_args"])
+    v.update(init_from=init, encoder=shape)
 print(json.dumps(v))
 PY
 )
