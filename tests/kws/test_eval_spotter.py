@@ -73,3 +73,28 @@ def test_bench_reports_speed(model_dir, tmp_path):
     rep = json.loads(out.read_text())
     assert rep["keywords"] == 10 and rep["rtf"] > 0 and rep["model_bytes"] > 0
     assert rep["chunk_latency_ms_p99"] >= rep["chunk_latency_ms_median"] > 0
+
+
+def test_calibrate_sets_a_gate_that_keeps_true_keywords(model_dir, data, tmp_path):
+    import shutil
+
+    from edge.scoring import NEG, MatcherWeights
+    from edge.spotter import Spotter
+
+    root, _ = data
+    m = tmp_path / "m"
+    shutil.copytree(model_dir, m)
+    assert MatcherWeights.load(m / "matcher.npz").gate == NEG
+    x = M.load_audio(root / "a.wav")
+    before = Spotter.from_dir(m).score_pair(x, 16000, "lights on")
+    assert main(["kws", "calibrate", str(m), "--pairs", str(root / "pairs.jsonl"), "--margin", "0.05"]) == 0
+    gate = MatcherWeights.load(m / "matcher.npz").gate
+    assert NEG < gate < 10
+    # the gate sits below the partition score of the true keywords: their scores do not change
+    assert Spotter.from_dir(m).score_pair(x, 16000, "lights on") == pytest.approx(before, abs=1e-6)
+    with pytest.raises(ValueError, match="no positive"):
+        from kws.devset import gate_examples
+
+        (root / "neg.jsonl").write_text('{"id": "x", "audio": "a.wav", "text": "pepperoni", "label": 0, '
+                                        '"kind": "easy"}\n')
+        gate_examples(m, root / "neg.jsonl")
