@@ -15,6 +15,7 @@ import logging
 import torch
 
 from llm.moe import MoE
+from llm.sampling import greedy_tokens
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class DecodeGraphs:
 
         def fwd():
             logits = self.fn(tok, pos, None, kv_len=kv)[:, -1]  # [B, V]
-            nxt = logits.argmax(-1)  # the same argmax the host sampler takes on these logits
+            nxt = greedy_tokens(logits)  # the same argmax the host sampler takes on these logits
             ring.index_copy_(0, idx, nxt[None])
             tok.copy_(nxt[:, None])
             pos.add_(active)  # parked rows stay at the spare position

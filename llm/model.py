@@ -201,6 +201,10 @@ class Attention(nn.Module):
         self.kv_cache: KVCache | None = None
         self.return_last_attn = False
         self.last_attn: Tensor | None = None  # [B, H, kv_len] when return_last_attn
+        # prefill: SDPA with enable_gqa instead of repeated K/V (saves two copies per layer)
+        self.prefill_native_gqa = True
+        # under torch.compile only: decode attention as multiply + sum (see decode_attention_sum)
+        self.decode_sum_attention = False
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, slots: Tensor | None,
                 kv_len: int, fresh: bool) -> Tensor:
@@ -221,15 +225,19 @@ class Attention(nn.Module):
             if self.kv_cache is not None:
                 self.kv_cache.update(input_pos, slots, k, v)
             keys, values = k.transpose(1, 2), v.transpose(1, 2)  # [B, Hk, S, D]
-            if hq != hk:  # a cheap copy next to prefill, and it keeps SDPA on its flash kernel
+            if hq != hk and not self.prefill_native_gqa:  # SDPA's flash and cuDNN kernels take GQA as is
                 keys_r = keys.repeat_interleave(hq // hk, dim=1)
                 values = values.repeat_interleave(hq // hk, dim=1)
             else:
                 keys_r = keys
-            y = F.scaled_dot_product_attention(q.transpose(1, 2), keys_r, values, is_causal=S > 1, scale=scale)
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), keys_r, values, is_causal=S > 1, scale=scale,
+                                               enable_gqa=hq != keys_r.shape[1])
         else:
             keys, values = self.kv_cache.update_and_read(input_pos, slots, k, v, kv_len)  # [B, Hk, T, D]
-            y = grouped_attention(q, keys, values, input_pos, scale)  # [B, H, S, D]
+            if S == 1 and self.decode_sum_attention and torch.compiler.is_compiling():
+                y = decode_attention_sum(q, keys, values, input_pos, scale)
+            else:
+                y = grouped_attention(q, keys, values, input_pos, scale)  # [B, H, S, D]
         if self.return_last_attn:
             self.last_attn = last_row_probs(q[:, -1], keys, input_pos[:, -1], scale)
         y = y.transpose(1, 2).reshape(B, S, hq * d)
@@ -249,6 +257,22 @@ def grouped_attention(q: Tensor, k: Tensor, v: Tensor, input_pos: Tensor, scale:
     probs = torch.softmax(scores, dim=-1).to(v.dtype)
     y = torch.matmul(probs, v)  # [B, Hk, rep*S, D]
     return y.view(B, Hk, rep, S, D).reshape(B, H, S, D)
+
+
+def decode_attention_sum(q: Tensor, k: Tensor, v: Tensor, input_pos: Tensor, scale: float) -> Tensor:
+    """grouped_attention for one query per row, written as broadcast multiply + sum: q [B, 1, H, D],
+    k/v [B, Hk, T, D] -> [B, H, 1, D]. Only for torch.compile, which fuses each product into its
+    reduction (eagerly it would materialise [B, Hk, rep, T, D]); at batch 1 the two tiny batched
+    GEMMs of grouped_attention run as generic cuBLAS kernels of ~5 us each per layer."""
+    B, _, H, D = q.shape
+    Hk, T = k.shape[1], k.shape[2]
+    qg = q.view(B, Hk, H // Hk, 1, D)
+    scores = (qg.float() * k[:, :, None].float()).sum(-1) * scale  # [B, Hk, rep, T]
+    mask = torch.arange(T, device=q.device)[None, :] <= input_pos  # [B, T]
+    scores = scores.masked_fill(~mask[:, None, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    y = (probs[..., None].float() * v[:, :, None].float()).sum(-2)  # [B, Hk, rep, D]
+    return y.to(v.dtype).view(B, H, 1, D)
 
 
 def last_row_probs(q: Tensor, k: Tensor, pos: Tensor, scale: float) -> Tensor:
@@ -320,6 +344,11 @@ class Transformer(nn.Module):
             a = layer.attention
             a.kv_cache = KVCache(max_batch, max_seq, a.n_local_kv_heads, a.head_dim, dtype, self.device)
         self.rope_cos, self.rope_sin = rope_tables(self.args, max_seq, self.device)
+
+    def set_decode_sum_attention(self, on: bool) -> None:
+        """Decode attention as fused multiply + sum under torch.compile (see decode_attention_sum)."""
+        for layer in self.layers:
+            layer.attention.decode_sum_attention = on
 
     def set_return_last_attn(self, on: bool) -> None:
         """Make every attention layer keep its last query row's probabilities in `.last_attn`."""
