@@ -19,10 +19,12 @@ import time
 from pathlib import Path
 
 import torch
+import torch._dynamo
+import torch._inductor.config
 import torch.nn.functional as F
 
 # bench/ is the script's directory
-from llm_engine import decode_weight_bytes, make_random, rand_prompts, sync
+from llm_engine import decode_weight_bytes, make_random, ours_decode, rand_prompts, sync
 
 from llm.cuda_graphs import DecodeGraphs  # noqa: E402 (llm_engine put the repository root on sys.path)
 from llm.engine import Engine, SamplingParams  # llm_engine put the repository root on sys.path
@@ -122,15 +124,9 @@ def decode_profile(eng: Engine, a, dev: torch.device, out_dir: Path, tag: str) -
         step = lambda: eng.model(tok, p, None, kv_len=256)  # noqa: E731
         res["eager_ms_per_step"] = round(timed(step, dev, 10) * 1e3, 3)
         res["eager_ops"] = profile_table(step, dev, out_dir / "decode_eager_ops.txt", 5, rows=60)
-    for k in (1, *a.decode_steps):
+    for k in (1, *a.decode_steps):  # decode only (prefill excluded), as bench/llm_engine.py measures it
         eng.decode_steps = k
-        eng.generate_ids([prompt], SamplingParams(max_tokens=4, ignore_eos=True))
-        sync(dev)
-        t = time.perf_counter()
-        got = eng.generate_ids([prompt], SamplingParams(max_tokens=a.gen, ignore_eos=True))[0]
-        sync(dev)
-        # includes one prefill (a few ms of a.gen tokens' time)
-        res[f"engine_ms_per_token_k{k}"] = round((time.perf_counter() - t) / len(got) * 1e3, 4)
+        res[f"decode_tok_s_k{k}"] = round(ours_decode(eng, 1, a.gen, a.decode_prompt_len), 1)
     eng.decode_steps = 1
     return res
 
@@ -183,8 +179,6 @@ def prefill_flops(model, S: int) -> float:
 @torch.inference_mode()
 def prefill_profile(eng: Engine, path: Path, a, dev: torch.device, out_dir: Path) -> dict:
     """Our eager prefill forward vs transformers', kernel tables, backends, compile, MFU."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     model, S = eng.model, a.prompt_len
     ids = torch.tensor(rand_prompts(1, S, model.args.vocab_size, 7), device=dev)
     pos = torch.arange(S, device=dev)[None]
@@ -205,13 +199,6 @@ def prefill_profile(eng: Engine, path: Path, a, dev: torch.device, out_dir: Path
     record("ours_eager", timed(fwd, dev, a.reps))
     res["ours_ops"] = profile_table(fwd, dev, out_dir / "prefill_ours_ops.txt", 2, rows=50)
     res["attention_alone"] = attention_backends(model, S, dev, a.reps)
-    if dev.type == "cuda":
-        for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
-            try:
-                with sdpa_kernel([backend, SDPBackend.FLASH_ATTENTION]):
-                    record(f"ours_sdpa_{name}", timed(fwd, dev, a.reps))
-            except Exception as e:
-                res[f"ours_sdpa_{name}"] = {"error": f"{type(e).__name__}: {str(e)[:160]}"}
     if a.compile_prefill:
         t = time.perf_counter()
         try:
@@ -247,6 +234,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200, help="graph replays timed")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--parts", default="decode,compiled,prefill", help="any of decode,compiled,prefill")
+    ap.add_argument("--compile-variants", default="base,sum,sum+cdt",
+                    help="compiled decode variants: sum = multiply+sum attention, cdt = coordinate-descent tuning")
     ap.add_argument("--compile-prefill", action="store_true", help="also torch.compile the prefill forward")
     ap.add_argument("--no-hf", dest="hf", action="store_false")
     ap.add_argument("--smoke", action="store_true", help="tiny random shapes (to test the script)")
@@ -254,6 +243,7 @@ def main() -> None:
     ap.add_argument("--out-dir", default="runs/llm_profile")
     a = ap.parse_args()
     a.decode_steps = [int(x) for x in a.decode_steps.split(",") if x]
+    a.compile_variants = [x for x in a.compile_variants.split(",") if x]
     parts = set(a.parts.split(","))
     dev = torch.device(a.device)
     out_dir = Path(a.out_dir)
@@ -287,27 +277,43 @@ def main() -> None:
         eng.graphs = _EagerGraphs(eng.model, 1, eng.cache_len)
     wbytes = decode_weight_bytes(eng.model)
     out["decode_weight_MB"] = round(wbytes / 1e6, 1)
+    if dev.type == "cuda":
+        from llm_engine import copy_bandwidth
+
+        out["bandwidth_GBps"] = round(copy_bandwidth(dev, 1 << 30) / 1e9, 1)
     if "decode" in parts:
         phase("gemv", lambda: gemv_bandwidth(eng.model, dev, 200))
         phase("decode", lambda: decode_profile(eng, a, dev, out_dir, ""))
     if "prefill" in parts:
         phase("prefill", lambda: prefill_profile(eng, path, a, dev, out_dir))
-    if "compiled" in parts and dev.type == "cuda":
+    if "compiled" in parts and (dev.type == "cuda" or a.smoke):
         del eng
-        torch.cuda.empty_cache()
-        eng = Engine.from_pretrained(path, device=str(dev), dtype=a.dtype, max_batch_size=1,
-                                     max_context=a.decode_prompt_len + a.gen + 16, compile=True, detokenize=False)
-        phase("decode_compiled", lambda: decode_profile(eng, a, dev, out_dir, "_compiled"))
-    print(f"\nweights read per decode step: {out['decode_weight_MB']} MB")
-    for tag in ("decode", "decode_compiled"):
+        for variant in a.compile_variants:
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            torch._dynamo.reset()
+            # cdt: inductor's coordinate-descent tuning of its kernels' launch configurations
+            torch._inductor.config.coordinate_descent_tuning = "cdt" in variant
+            eng = Engine.from_pretrained(path, device=str(dev), dtype=a.dtype, max_batch_size=1,
+                                         max_context=a.decode_prompt_len + a.gen + 16, compile=True, detokenize=False)
+            eng.model.set_decode_sum_attention("sum" in variant)
+            if a.smoke and dev.type == "cpu":
+                eng.graphs = _EagerGraphs(eng.model, 1, eng.cache_len, compile=True)
+            phase(f"decode_compiled_{variant}",
+                  lambda eng=eng, v=variant: decode_profile(eng, a, dev, out_dir, f"_compiled_{v}"))
+            del eng
+        torch._inductor.config.coordinate_descent_tuning = False
+    bound = out.get("bandwidth_GBps", 0) * 1e9 / wbytes if out.get("bandwidth_GBps") else None
+    print(f"\nweights read per decode step: {out['decode_weight_MB']} MB; bound {bound and round(bound, 1)} tok/s")
+    for tag in ["decode"] + [f"decode_compiled_{v}" for v in a.compile_variants]:
         r = out.get(tag, {})
-        if "engine_ms_per_token_k1" in r:
-            ks = "  ".join(f"k{k} {r[f'engine_ms_per_token_k{k}']}" for k in (1, *a.decode_steps))
+        if "decode_tok_s_k1" in r:
+            ks = "  ".join(f"k{k} {r[f'decode_tok_s_k{k}']}" for k in (1, *a.decode_steps))
             gk = r.get("graph_kernels", {})
             print(f"{tag}: graph-only {r.get('graph_only_ms_per_step')} ms/step ({gk.get('kernels_per_step')} "
-                  f"kernels, {gk.get('kernel_ms_per_step')} ms in kernels); engine ms/token: {ks}")
+                  f"kernels, {gk.get('kernel_ms_per_step')} ms in kernels); decode tok/s: {ks}")
     p = out.get("prefill", {})
-    for k in ("ours_eager", "ours_sdpa_cudnn", "ours_sdpa_efficient", "ours_compiled", "hf_forward"):
+    for k in ("ours_eager", "ours_compiled", "hf_forward"):
         if k in p:
             print(f"prefill {a.prompt_len} {k}: {p[k]}")
     save()

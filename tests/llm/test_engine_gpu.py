@@ -142,3 +142,14 @@ def test_multi_step_bf16_tokens_equal_one_step(checkpoints):
         eng = Engine.from_pretrained(path, device="cuda", dtype="bf16", max_batch_size=4, decode_steps=k)
         outs.append(eng.generate_ids([eng.tokenizer.encode(p) for p in PROMPTS], sp))
     assert outs[0] == outs[1]
+
+
+def test_compiled_decode_with_sum_attention_matches_transformers(checkpoints):
+    """torch.compile'd decode graphs with the multiply+sum decode attention, multi-step: fp32 greedy
+    tokens equal transformers' (one batch bucket, one kv bucket: one compile)."""
+    path, hf = checkpoints["llama"]
+    eng = Engine.from_pretrained(path, device="cuda", dtype="fp32", max_batch_size=1, max_context=200,
+                                 compile=True, decode_steps=8)
+    eng.model.set_decode_sum_attention(True)
+    ids = eng.tokenizer.encode(PROMPTS[1])
+    assert eng.generate_ids([ids], SamplingParams(max_tokens=24, ignore_eos=True)) == [hf_greedy(hf, ids, 24)]
