@@ -30,6 +30,31 @@ H, G, W = 4096, 128, 2
 K = H // 64
 
 
+if qp.triton is not None:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _pair_copy_kernel(x_ptr, x32_ptr, o_ptr, o32_ptr, H, stride, NG, GROUP: tl.constexpr,
+                          BLOCK_G: tl.constexpr):
+        # the kernels' tiling and paired loads / stores, nothing else: their bandwidth ceiling
+        row = tl.program_id(0).to(tl.int64)
+        half: tl.constexpr = GROUP // 2
+        g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
+        j = g[:, None] * half + tl.arange(0, half)[None, :]
+        m0 = (2 * j < H) & (g[:, None] < NG)
+        a, b = qp.load_pairs(x_ptr, x32_ptr, row * stride, j, m0, m0, True)
+        qp.store_pairs(o_ptr, o32_ptr, row * stride, j, a, b, m0, m0, True)
+
+
+def _pair_copy(x: torch.Tensor, out: torch.Tensor, block_g: int, warps: int) -> None:
+    n, h = x.shape
+    ng = h // G
+    _pair_copy_kernel[(n, triton.cdiv(ng, block_g))](x, x.view(torch.int32), out, out.view(torch.int32), h,
+                                                      x.stride(0) // 2, ng, GROUP=G, BLOCK_G=block_g,
+                                                      num_warps=warps)
+
+
 def gpu_time(fn, reps: int, iters: int) -> float:
     """Median seconds per call of fn, from CUDA events around a graph of `reps` calls."""
     s = torch.cuda.Stream()
@@ -91,12 +116,23 @@ def setup(nbytes: int, dev: torch.device):
     return n, x, idx, slots, lay, bufs, err, out
 
 
-def kernels(dev: torch.device, nbytes: int, block_g: int, warps: int) -> dict:
+def kernels(dev: torch.device, nbytes: int, block_g: int, warps: int, variants: bool = False) -> dict:
     """name -> (callable, bytes it must move) for one message size."""
     n, x, idx, slots, lay, bufs, err, out = setup(nbytes, dev)
     payload = lay.total
     if dev.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter: smoke tests
         qp.quantize_pack(x, idx, slots, G, out=bufs[1], block_g=block_g, num_warps=warps)
+        if variants:  # what the kernels' time is made of: a copy with the same tiling, no outliers, division
+            none = idx[:0]
+            b0 = torch.empty(qp.layout(n, H, G, 0).total, dtype=torch.uint8, device=dev)
+            return {
+                "pair_copy": (lambda: _pair_copy(x, out, block_g, warps), 4 * x.numel()),
+                "quantize_no_outliers": (lambda: qp.quantize_pack(x, none, slots, G, out=b0, block_g=block_g,
+                                                                  num_warps=warps), 2 * x.numel() + payload),
+                "quantize_exact_div": (lambda: qp.quantize_pack(x, idx, slots, G, out=bufs[0], block_g=block_g,
+                                                                num_warps=warps, exact_div=True),
+                                       2 * x.numel() + payload),
+            }
         return {
             "quantize": (lambda: qp.quantize_pack(x, idx, slots, G, out=bufs[0], block_g=block_g,
                                                   num_warps=warps), 2 * x.numel() + payload),
@@ -105,6 +141,8 @@ def kernels(dev: torch.device, nbytes: int, block_g: int, warps: int) -> dict:
             "dequant_sum": (lambda: ds.dequant_sum(bufs, lay, idx, slots, out=out, block_g=block_g,
                                                    num_warps=warps), W * payload + 2 * x.numel()),
         }
+    if variants:
+        return {}
     il = idx.long()
     qp.quantize_pack_ref(x, il, G, out=bufs[1])
     return {"quantize": (lambda: qp.quantize_pack_ref(x, il, G, out=bufs[0]), 2 * x.numel() + payload),
@@ -134,11 +172,13 @@ def main() -> None:
         del big, dst
         print(f"torch copy: {res['copy_gbps']:.0f} GB/s (read + write)", flush=True)
     # configuration sweep
-    best = (8, 4)
+    best = (4, 2)
     if cuda and not smoke:
         sweep = []
-        for block_g in (1, 2, 4, 8, 16):
-            for warps in (2, 4, 8):
+        for block_g in (2, 4, 8, 16):
+            for warps in (1, 2, 4, 8):
+                if block_g * G // 2 < 32 * warps:  # fewer pairs than threads: lanes would repeat work
+                    continue
                 row = {"block_g": block_g, "warps": warps}
                 for nbytes in (32 << 20, 128 << 20):
                     for name, (fn, _) in kernels(dev, nbytes, block_g, warps).items():
@@ -156,7 +196,10 @@ def main() -> None:
     top = (256 << 10) if smoke else (128 << 20)
     while nbytes <= top:
         row = {"bytes": nbytes}
-        for name, (fn, moved) in kernels(dev, nbytes, *best).items():
+        todo = dict(kernels(dev, nbytes, *best))
+        if nbytes >= ((64 << 10) if smoke else (1 << 20)):
+            todo.update(kernels(dev, nbytes, *best, variants=True))
+        for name, (fn, moved) in todo.items():
             row[f"{name}_eager_us"] = eager_time(fn, iters, dev) * 1e6
             if cuda:
                 t = gpu_time(fn, 20 if nbytes <= (8 << 20) else 3, iters)
@@ -192,6 +235,13 @@ def _table(res: dict) -> None:
             return f"{r[k + '_gpu_us']:.1f} ({r[k + '_gbps']:.0f}, {r[k + '_frac_of_copy']:.0%})"
         print(f"| {r['bytes'] / 2**20:.3g} MB | {cell('quantize')} | {cell('quantize_ef')} | {cell('dequant_sum')} | "
               f"{r['quantize_eager_us']:.0f} / {r['quantize_ef_eager_us']:.0f} / {r['dequant_sum_eager_us']:.0f} |")
+    print("\n| message | pair copy (same tiling) | quantize, no outliers | quantize, IEEE division per value |")
+    print("|---|---|---|---|")
+    for r in res["rows"]:
+        if "pair_copy_gpu_us" in r:
+            print(f"| {r['bytes'] / 2**20:.3g} MB | " + " | ".join(
+                f"{r[k + '_gpu_us']:.1f} us ({r[k + '_gbps']:.0f} GB/s)"
+                for k in ("pair_copy", "quantize_no_outliers", "quantize_exact_div")) + " |")
 
 
 if __name__ == "__main__":

@@ -48,13 +48,13 @@ def dequant_sum_ref(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor,
 if triton is not None:
 
     @triton.jit
-    def _dequant_sum_kernel(buf_ptr, scales_ptr, outl_ptr, slot_ptr, out_ptr, out32_ptr, W, RANK_BYTES,
-                            H, PB, NG, K, OFF_S2, OFF_O2, stride_out,
-                            GROUP: tl.constexpr, BLOCK_G: tl.constexpr, PAIRED: tl.constexpr,
-                            HAS_OUTL: tl.constexpr):
+    def _dequant_sum_kernel(buf_ptr, scales_ptr, outl_ptr, idx_ptr, out_ptr, out32_ptr, W, RANK_BYTES,
+                            H, PB, NG, K, OFF_S2, OFF_O2, stride_out, stride_oe,
+                            GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr,
+                            PAIRED: tl.constexpr, HAS_OUTL: tl.constexpr):
         # scales_ptr / outl_ptr: fp16 / bf16 views of the same buffer, OFF_*2 in 2-byte units. Channels
         # are held as [BLOCK_G, GROUP/2] pairs (2j, 2j+1): a byte's two nibbles stay in one lane.
-        # stride_out is in 32-bit words if PAIRED (see quantize_pack.load_pairs).
+        # stride_out is in 32-bit words if PAIRED (see quantize_pack.load_pairs), stride_oe in elements.
         row = tl.program_id(0).to(tl.int64)
         half: tl.constexpr = GROUP // 2
         g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
@@ -71,30 +71,32 @@ if triton is not None:
             scf = sc.to(tl.float32)[:, None]
             acc0 += ((b & 15) - 8).to(tl.float32) * scf
             acc1 += ((b >> 4) - 8).to(tl.float32) * scf
-        if HAS_OUTL:
-            # outlier channels carry code 8 (= 0.0) above; their bf16 values come from the K slots
-            sp = tl.load(slot_ptr + j, mask=m0, other=0)
-            s0 = (sp & 65535) - 1
-            s1 = (sp >> 16) - 1
-            o0 = m0 & (s0 >= 0)
-            o1 = m1 & (s1 >= 0)
-            a0 = tl.zeros([BLOCK_G, half], dtype=tl.float32)
-            a1 = tl.zeros([BLOCK_G, half], dtype=tl.float32)
-            for r in range(0, W):
-                base = outl_ptr + r * rank_half + OFF_O2 + row * K
-                a0 += tl.load(base + s0, mask=o0, other=0.0).to(tl.float32)
-                a1 += tl.load(base + s1, mask=o1, other=0.0).to(tl.float32)
-            acc0 = tl.where(o0, a0, acc0)
-            acc1 = tl.where(o1, a1, acc1)
+        # outlier channels carry code 8 (= 0.0) here and are overwritten below
         store_pairs(out_ptr, out32_ptr, row * stride_out, j, acc0, acc1, m0, m1, PAIRED)
+        if HAS_OUTL:
+            # the outlier channels of this program's range: sum the K bf16 slots over ranks, one short
+            # vector per BLOCK_K slots, after every lane's store above (same addresses: barrier first)
+            tl.debug_barrier()
+            c_lo = tl.program_id(1) * BLOCK_G * GROUP
+            kk = tl.arange(0, BLOCK_K)
+            for k0 in range(0, K, BLOCK_K):
+                mk = (k0 + kk) < K
+                idx = tl.load(idx_ptr + k0 + kk, mask=mk, other=-1)
+                mo = mk & (idx >= c_lo) & (idx < c_lo + BLOCK_G * GROUP)
+                a = tl.zeros([BLOCK_K], dtype=tl.float32)
+                for r in range(0, W):
+                    a += tl.load(outl_ptr + r * rank_half + OFF_O2 + row * K + k0 + kk, mask=mo,
+                                 other=0.0).to(tl.float32)
+                tl.store(out_ptr + row * stride_oe + idx, a.to(out_ptr.dtype.element_ty), mask=mo)
 
 
-def dequant_sum(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor, slots: torch.Tensor,
+def dequant_sum(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor, slots: torch.Tensor | None = None,
                 out_dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None,
-                block_g: int = 8, num_warps: int = 4) -> torch.Tensor:
+                block_g: int = 4, num_warps: int = 2) -> torch.Tensor:
     """Triton launcher, one kernel for groups and outlier channels: same result as `dequant_sum_ref`.
 
-    bufs is [W, lay.total] uint8, contiguous; slots = quantize_pack.slot_map(outlier_idx, H).
+    bufs is [W, lay.total] uint8, contiguous; outlier_idx int32, sorted; slots is unused (the quantize
+    side's signature).
     """
     if triton is None:
         raise RuntimeError("triton is not installed; use dequant_sum_ref")
@@ -103,11 +105,12 @@ def dequant_sum(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor, slot
         out = torch.empty(lay.rows, lay.hidden, dtype=out_dtype, device=bufs.device)
     paired = pairable(out)
     flat = bufs.reshape(-1)
+    k = lay.n_outliers
     grid = (lay.rows, triton.cdiv(lay.n_groups, block_g))
-    _dequant_sum_kernel[grid](flat, flat.view(torch.float16), flat.view(torch.bfloat16), slots, out,
+    _dequant_sum_kernel[grid](flat, flat.view(torch.float16), flat.view(torch.bfloat16), outlier_idx, out,
                               out.view(torch.int32) if paired else out, w, lay.total, lay.hidden,
-                              lay.packed_bytes, lay.n_groups, lay.n_outliers, lay.off_scales // 2,
-                              lay.off_outliers // 2, out.stride(0) // (2 if paired else 1), GROUP=lay.group,
-                              BLOCK_G=block_g,
-                              PAIRED=paired, HAS_OUTL=lay.n_outliers > 0, num_warps=num_warps)
+                              lay.packed_bytes, lay.n_groups, k, lay.off_scales // 2, lay.off_outliers // 2,
+                              out.stride(0) // (2 if paired else 1), out.stride(0), GROUP=lay.group,
+                              BLOCK_G=block_g, BLOCK_K=max(16, min(128, triton.next_power_of_2(max(k, 1)))),
+                              PAIRED=paired, HAS_OUTL=k > 0, num_warps=num_warps)
     return out

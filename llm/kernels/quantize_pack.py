@@ -25,6 +25,7 @@ accumulates more than one reduction's error (`llm.parallel.quant_comm` keeps tha
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,17 @@ try:
 except ImportError:  # CPU-only installs: the torch reference is the only path
     triton = None
     tl = None
+try:
+    from triton.language.extra import libdevice
+except ImportError:  # older Triton: the CUDA module directly
+    libdevice = getattr(getattr(tl, "extra", None), "cuda", None)
+    libdevice = getattr(libdevice, "libdevice", None)
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as Triton does
+# codes = floor(x * (1 / scale) + 0.5) with the reciprocal per group (False), or floor(x / scale + 0.5)
+# with an IEEE division per value (True: ~2x the instructions of the whole kernel); the reference and
+# the kernels agree bit for bit either way
+EXACT_DIV = False
 
 QMAX = 7
 INV_QMAX = 0.125  # scale = absmax / 8: a power of two, so exact in every implementation
@@ -99,7 +111,8 @@ def slot_map(outlier_idx: torch.Tensor, hidden: int) -> torch.Tensor:
 
 
 def quantize_pack_ref(x: torch.Tensor, outlier_idx: torch.Tensor, group: int, out: torch.Tensor | None = None,
-                      err: torch.Tensor | None = None, err_in: bool = True) -> torch.Tensor:
+                      err: torch.Tensor | None = None, err_in: bool = True,
+                      exact_div: bool = EXACT_DIV) -> torch.Tensor:
     """Torch reference: quantize x [N, H] into a flat uint8 message (see module docstring).
 
     err ([N, H], x's dtype), if given, is read (unless err_in is False: no previous error) and then
@@ -125,8 +138,9 @@ def quantize_pack_ref(x: torch.Tensor, outlier_idx: torch.Tensor, group: int, ou
     sc = (absmax * INV_QMAX).clamp(max=65504.0).to(torch.float16)
     scales.copy_(sc)
     scf = sc.float().unsqueeze(-1)
-    q = torch.where(scf > 0, xg / torch.where(scf > 0, scf, 1.0), 0.0)
-    q = torch.floor(q + 0.5).clamp(-QMAX, QMAX)
+    safe = torch.where(scf > 0, scf, 1.0)
+    q = xg / safe if exact_div else xg * (1.0 / safe)
+    q = torch.floor(torch.where(scf > 0, q, 0.0) + 0.5).clamp(-QMAX, QMAX)
     if err is not None:
         deq = (q * scf).view(n, -1)[:, :h]
         deq[:, outlier_idx] = xo.float()
@@ -168,17 +182,33 @@ if triton is not None:
             tl.store(ptr + row_off + 2 * j + 1, b.to(ptr.dtype.element_ty), mask=m1)
 
     @triton.jit
-    def _quantize_pack_kernel(x_ptr, x32_ptr, slot_ptr, e_ptr, e32_ptr, buf_ptr, half_ptr, bhalf_ptr,
-                              H, stride_x, stride_e, PB, NG, K, OFF_S2, OFF_O2, INV_Q,
-                              GROUP: tl.constexpr, BLOCK_G: tl.constexpr, PAIRED: tl.constexpr,
-                              ERR_IN: tl.constexpr, ERR_OUT: tl.constexpr):
+    def _quantize_pack_kernel(x_ptr, x32_ptr, slot_ptr, idx_ptr, e_ptr, e32_ptr, buf_ptr, half_ptr, bhalf_ptr,
+                              H, stride_x, stride_e, stride_xe, stride_ee, PB, NG, K, OFF_S2, OFF_O2, INV_Q,
+                              GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr,
+                              PAIRED: tl.constexpr, ERR_IN: tl.constexpr, ERR_OUT: tl.constexpr,
+                              HAS_OUTL: tl.constexpr, EXACT_DIV: tl.constexpr, INTERP: tl.constexpr):
         # buf_ptr / half_ptr / bhalf_ptr: the same message as uint8 / fp16 / bf16; OFF_*2 in 2-byte units;
-        # stride_x / stride_e in 32-bit words if PAIRED (see load_pairs).
+        # stride_x / stride_e in 32-bit words if PAIRED (see load_pairs), stride_xe / stride_ee in elements.
         # One program: BLOCK_G groups of one row, held as [BLOCK_G, GROUP/2] pairs of channels (2j, 2j+1),
         # so the two nibbles of a byte come from the same lane: no interleaving shuffles.
         row = tl.program_id(0).to(tl.int64)
         half: tl.constexpr = GROUP // 2
         g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
+        if HAS_OUTL:
+            # the outlier channels of this program's range, as one short vector per BLOCK_K of the K slots
+            # (not a per-channel scatter: that costs address math and a predicated store on every lane)
+            c_lo = tl.program_id(1) * BLOCK_G * GROUP
+            kk = tl.arange(0, BLOCK_K)
+            for k0 in range(0, K, BLOCK_K):
+                mk = (k0 + kk) < K
+                idx = tl.load(idx_ptr + k0 + kk, mask=mk, other=-1)
+                mo = mk & (idx >= c_lo) & (idx < c_lo + BLOCK_G * GROUP)
+                v = tl.load(x_ptr + row * stride_xe + idx, mask=mo, other=0.0).to(tl.float32)
+                if ERR_IN:
+                    v -= tl.load(e_ptr + row * stride_ee + idx, mask=mo, other=0.0).to(tl.float32)
+                tl.store(bhalf_ptr + OFF_O2 + row * K + k0 + kk, v.to(tl.bfloat16), mask=mo)
+            # the error buffer is read above and overwritten below by other lanes of this program
+            tl.debug_barrier()
         j = g[:, None] * half + tl.arange(0, half)[None, :]              # byte / pair index in the row
         mg = g[:, None] < NG
         m0 = (2 * j < H) & mg
@@ -188,35 +218,46 @@ if triton is not None:
             e0, e1 = load_pairs(e_ptr, e32_ptr, row * stride_e, j, m0, m1, PAIRED)
             x0 -= e0
             x1 -= e1
-        sp = tl.load(slot_ptr + j, mask=m0, other=0)
-        s0 = (sp & 65535) - 1
-        s1 = (sp >> 16) - 1
-        o0 = s0 >= 0
-        o1 = s1 >= 0
-        i0 = tl.where(o0, 0.0, x0)
-        i1 = tl.where(o1, 0.0, x1)
+        if HAS_OUTL:
+            sp = tl.load(slot_ptr + j, mask=m0, other=0)
+            o0 = (sp & 65535) != 0
+            o1 = (sp >> 16) != 0
+            i0 = tl.where(o0, 0.0, x0)
+            i1 = tl.where(o1, 0.0, x1)
+        else:
+            i0 = x0
+            i1 = x1
         absmax = tl.maximum(tl.max(tl.abs(i0), axis=1), tl.max(tl.abs(i1), axis=1))
         sc = tl.minimum(absmax * INV_Q, 65504.0).to(tl.float16)
         tl.store(half_ptr + OFF_S2 + row * NG + g, sc, mask=g < NG)
         scf = sc.to(tl.float32)[:, None]
         safe = tl.where(scf > 0, scf, 1.0)
-        # IEEE division, not x * (1/s): the compiler contracts x * r + 0.5 into one FMA (one rounding),
-        # which moves ~0.01% of codes by a step against torch (run 2); a division cannot be contracted
-        q0 = tl.where(scf > 0, tl.math.div_rn(i0, safe), 0.0)
-        q1 = tl.where(scf > 0, tl.math.div_rn(i1, safe), 0.0)
+        if EXACT_DIV:
+            q0 = tl.math.div_rn(i0, safe)
+            q1 = tl.math.div_rn(i1, safe)
+        else:
+            # one IEEE division per group, then a multiplication that must not fuse with the + 0.5 below
+            # into an FMA (one rounding instead of torch's two): mul_rn is never contracted
+            r = tl.math.div_rn(tl.full(safe.shape, 1.0, tl.float32), safe)
+            if INTERP:
+                q0 = i0 * r
+                q1 = i1 * r
+            else:
+                q0 = libdevice.mul_rn(i0, r)
+                q1 = libdevice.mul_rn(i1, r)
+        q0 = tl.where(scf > 0, q0, 0.0)
+        q1 = tl.where(scf > 0, q1, 0.0)
         q0 = tl.minimum(tl.maximum(tl.floor(q0 + 0.5), -7.0), 7.0)
         q1 = tl.minimum(tl.maximum(tl.floor(q1 + 0.5), -7.0), 7.0)
         byte = (q0.to(tl.int32) + 8) | ((q1.to(tl.int32) + 8) << 4)
         tl.store(buf_ptr + row * PB + j, byte.to(tl.uint8), mask=m0)
-        # outliers: a sparse scatter into the row's K bf16 slots (most lanes are masked off)
-        b0 = x0.to(tl.bfloat16)
-        b1 = x1.to(tl.bfloat16)
-        tl.store(bhalf_ptr + OFF_O2 + row * K + s0, b0, mask=m0 & o0)
-        tl.store(bhalf_ptr + OFF_O2 + row * K + s1, b1, mask=m1 & o1)
         if ERR_OUT:
-            n0 = tl.where(o0, b0.to(tl.float32), q0 * scf) - x0
-            n1 = tl.where(o1, b1.to(tl.float32), q1 * scf) - x1
-            store_pairs(e_ptr, e32_ptr, row * stride_e, j, n0, n1, m0, m1, PAIRED)
+            d0 = q0 * scf
+            d1 = q1 * scf
+            if HAS_OUTL:  # outliers travel as bf16: their error is the bf16 rounding
+                d0 = tl.where(o0, x0.to(tl.bfloat16).to(tl.float32), d0)
+                d1 = tl.where(o1, x1.to(tl.bfloat16).to(tl.float32), d1)
+            store_pairs(e_ptr, e32_ptr, row * stride_e, j, d0 - x0, d1 - x1, m0, m1, PAIRED)
 
 
 def pairable(*ts: torch.Tensor) -> bool:
@@ -226,9 +267,10 @@ def pairable(*ts: torch.Tensor) -> bool:
 
 
 def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, slots: torch.Tensor, group: int,
-                  out: torch.Tensor | None = None, block_g: int = 8, err: torch.Tensor | None = None,
-                  err_in: bool = True, num_warps: int = 4) -> torch.Tensor:
-    """Triton launcher: same result as `quantize_pack_ref` (x [N, H] row-major; slots = slot_map(idx, H))."""
+                  out: torch.Tensor | None = None, block_g: int = 4, err: torch.Tensor | None = None,
+                  err_in: bool = True, num_warps: int = 2, exact_div: bool = EXACT_DIV) -> torch.Tensor:
+    """Triton launcher: same result as `quantize_pack_ref` (x [N, H] row-major; outlier_idx int32 sorted;
+    slots = slot_map(outlier_idx, H))."""
     if triton is None:
         raise RuntimeError("triton is not installed; use quantize_pack_ref")
     if group & (group - 1):
@@ -236,7 +278,8 @@ def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, slots: torch.Tenso
     n, h = x.shape
     if x.stride(1) != 1:
         x = x.contiguous()
-    lay = layout(n, h, group, outlier_idx.numel())
+    k = outlier_idx.numel()
+    lay = layout(n, h, group, k)
     buf = torch.empty(lay.total, dtype=torch.uint8, device=x.device) if out is None else out
     e = x if err is None else err
     paired = pairable(x, e)
@@ -244,9 +287,11 @@ def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, slots: torch.Tenso
     e32 = e.view(torch.int32) if paired else e
     unit = 2 if paired else 1  # strides in 32-bit words when bf16 pairs move together
     grid = (n, triton.cdiv(lay.n_groups, block_g))
-    _quantize_pack_kernel[grid](x, x32, slots, e, e32, buf, buf.view(torch.float16), buf.view(torch.bfloat16),
-                                h, x.stride(0) // unit, e.stride(0) // unit, lay.packed_bytes, lay.n_groups, lay.n_outliers,
+    _quantize_pack_kernel[grid](x, x32, slots, outlier_idx, e, e32, buf, buf.view(torch.float16),
+                                buf.view(torch.bfloat16), h, x.stride(0) // unit, e.stride(0) // unit,
+                                x.stride(0), e.stride(0), lay.packed_bytes, lay.n_groups, k,
                                 lay.off_scales // 2, lay.off_outliers // 2, INV_QMAX,
-                                GROUP=group, BLOCK_G=block_g, PAIRED=paired, ERR_IN=err is not None and err_in,
-                                ERR_OUT=err is not None, num_warps=num_warps)
+                                GROUP=group, BLOCK_G=block_g, BLOCK_K=max(16, min(128, triton.next_power_of_2(max(k, 1)))),
+                                PAIRED=paired, ERR_IN=err is not None and err_in, ERR_OUT=err is not None,
+                                HAS_OUTL=k > 0, EXACT_DIV=exact_div, INTERP=INTERPRET, num_warps=num_warps)
     return buf

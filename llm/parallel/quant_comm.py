@@ -68,8 +68,8 @@ class QuantCommConfig:
     mode: str = "one_shot"         # or "two_shot"
     min_bytes: int | None = None   # None: default_min_bytes() of the device (measured)
     use_triton: bool | None = None  # None: Triton kernels on CUDA, torch reference elsewhere
-    block_g: int = 8               # groups per Triton program (bench/tp_kernels.py picks it on a GPU)
-    num_warps: int = 4
+    block_g: int = 4               # groups per Triton program and warps: fastest on an H100 (bench/tp_kernels.py)
+    num_warps: int = 2
     error_feedback: bool = True    # carry each rank's quantization error to the next site (module doc)
     chunks: int = 1                # one-shot pipeline: quantize / all-gather / dequant of row chunks overlap
     chunk_min_bytes: int = 16 << 20  # fewer chunks than `chunks` when they would be smaller than this

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Tensor-parallel GPU run (nvidia-h200-x2, ~4 min, <= 7): Triton kernel tests on CUDA, all-reduce latency
+# Tensor-parallel GPU run (nvidia-h200-x2, ~5 min, <= 7): Triton kernel tests and single-GPU kernel
+# bandwidth (bench/tp_kernels.py) on CUDA, all-reduce latency
 # vs size (NCCL bf16 vs quantized) over NVLink and with NCCL_P2P_DISABLE=1, end-to-end prefill/decode
 # of a Llama-3-8B-shaped model at TP=2, and the quality eval on the default model if it exists.
 # Usage (repo root): bash scripts/gpu/tp_bench.sh     Results: $OUT/tp_bench/*.json, log.txt
@@ -42,6 +43,7 @@ main() {
   local run="torchrun --standalone --nproc-per-node $NPROC"
   if [ "$DEV" = cuda ]; then
     step kernel_tests 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/llm/test_kernels_quant.py
+    step kernels 100 python3 bench/tp_kernels.py --device cuda --out "$D/kernels.json"
   fi
   step comm_nvlink 110 $run bench/tp_comm.py --device $DEV --tag nvlink --out "$D/comm_nvlink.json"
   step e2e_nvlink 170 $run bench/tp_e2e.py --device $DEV --tag nvlink --out "$D/e2e_nvlink.json"
