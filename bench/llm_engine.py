@@ -267,9 +267,9 @@ def multi_step_phase(eng: Engine, a, res: dict, suffix: str) -> None:
 def bench_compiled(path: Path, a, device: torch.device, res: dict) -> None:
     """Decode tok/s with the captured step compiled by torch.compile (and the compile time)."""
     eng = Engine.from_pretrained(path, device=str(device), dtype=a.dtype, max_batch_size=max(a.batches),
-                                 max_context=a.decode_prompt_len + a.gen + 16, compile=True, detokenize=False)
-    eng.model.set_decode_sum_attention(a.decode_sum_attention)
-    res["decode_sum_attention"] = a.decode_sum_attention
+                                 max_context=a.decode_prompt_len + a.gen + 16,
+                                 compile="tuned" if a.compile_tuned else True, detokenize=False)
+    res["compile_mode"] = "tuned" if a.compile_tuned else "default"
     res["decode_tok_s_compiled"], res["compile_s"] = {}, {}
     for b in a.batches:
         t = time.perf_counter()
@@ -348,7 +348,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench/llm_engine.json")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave)")
     ap.add_argument("--compile", nargs="*", default=[], help="models to measure again with compile=True (CUDA)")
-    ap.add_argument("--decode-sum-attention", action="store_true", help="compiled: multiply+sum decode attention")
+    ap.add_argument("--compile-tuned", action="store_true", help="compile='tuned' (coordinate-descent tuning)")
     ap.add_argument("--decode-steps", default="", help="comma list of K: decode tok/s with decode_steps=K too")
     ap.add_argument("--no-prefill-graphs", dest="prefill_graphs", action="store_false",
                     help="skip the prefill-graph TTFT phase (bench/llm_prefill.py in a child process)")

@@ -35,7 +35,7 @@ else
   PROF_ARGS=(--device cuda --prompt-len 8192 --gen 128 --steps 200 --reps 5 --decode-steps 64
              --compile-variants base,sum,sum+cdt --compile-prefill)
   BENCH_ARGS=(--device cuda --models random-1b --batches 1,8 --prompt-lens 1024,8192 --gen 128 --reps 3
-              --compile random-1b --decode-sum-attention --decode-steps 64 --compile-prefill
+              --compile random-1b --decode-steps 64 --compile-prefill
               --prefill-graph-timeout 120)
 fi
 

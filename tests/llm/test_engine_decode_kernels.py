@@ -40,3 +40,26 @@ def test_decode_attention_sum_matches_grouped_attention(dtype):
     assert got.shape == ref.shape == (B, H, 1, D) and got.dtype == dtype
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
+
+
+def test_compiled_decode_graph_options(llama_dir):
+    """compile=True turns on the multiply+sum decode attention; "tuned" scopes inductor's
+    coordinate-descent tuning to the graphs' own compiles. (The compiled tokens themselves are
+    checked against transformers on CUDA, tests/llm/test_engine_gpu.py.)"""
+    import torch._inductor.config as inductor_config
+
+    from llm.cuda_graphs import DecodeGraphs
+    from llm.engine import Engine
+
+    eng = Engine.from_pretrained(llama_dir, max_batch_size=2)
+    attns = [layer.attention for layer in eng.model.layers]
+    plain = DecodeGraphs(eng.model, 2, eng.cache_len)
+    assert not plain.tuned and not any(a.decode_sum_attention for a in attns)
+    tuned = DecodeGraphs(eng.model, 2, eng.cache_len, compile="tuned")
+    assert tuned.tuned and all(a.decode_sum_attention for a in attns)
+    before = inductor_config.coordinate_descent_tuning
+    with tuned._compile_options():
+        assert inductor_config.coordinate_descent_tuning is True
+    assert inductor_config.coordinate_descent_tuning == before
+    with pytest.raises(ValueError, match="compile"):
+        DecodeGraphs(eng.model, 2, eng.cache_len, compile="max")
