@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from tp_common import median_max_over_ranks, tp_parser, write_json  # bench/ is the script's directory
 
+from llm.kernels import dequant_sum as ds
 from llm.kernels import quantize_pack as qp
 from llm.parallel import comm
 from llm.parallel.quant_comm import Calibration, QuantAllReduce, QuantCommConfig
@@ -118,14 +119,22 @@ def main() -> None:
         sizes.append(b)
         b *= 2
     cal = fake_calibration(w)
-    block_g = 4
+    block_g = QuantCommConfig().block_g
     if dev.type == "cuda":
-        # pick the kernels' groups-per-program once, at 32 MB
+        # pick the kernels' groups-per-program once, at 32 MB, on what one-shot runs: quantize with error
+        # feedback, then dequant+sum (run 3 timed quantize alone here and got a block_g bad for the error path)
         x = torch.randn(4096, H, device=dev, dtype=dtype)
         qa = QuantAllReduce(QuantCommConfig(min_bytes=0), cal)
         s = qa._site("bench", H, dev)
-        tbest = {bg: timer(lambda bg=bg: qp.quantize_pack(x, s.idx, s.slots, 128, block_g=bg), 10, 3, dev)
-                 for bg in (1, 2, 4, 8, 16)}
+        err = torch.zeros_like(x)
+        lay = qp.layout(4096, H, 128, s.idx.numel())
+        b2 = torch.zeros(w, lay.total, dtype=torch.uint8, device=dev)
+
+        def both(bg):
+            qp.quantize_pack(x, s.idx, s.slots, 128, block_g=bg, err=err, out=b2[0])
+            ds.dequant_sum(b2, lay, s.idx, s.slots, out_dtype=dtype, block_g=bg)
+
+        tbest = {bg: timer(lambda bg=bg: both(bg), 10, 3, dev) for bg in (2, 4, 8, 16)}
         block_g = min(tbest, key=tbest.get)
     quants = {
         "one_shot": QuantAllReduce(QuantCommConfig(min_bytes=0, block_g=block_g), cal),

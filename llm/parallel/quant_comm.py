@@ -39,10 +39,11 @@ log = logging.getLogger(__name__)
 _gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 CALIB_VERSION = 1
 # The size gate: messages below this many bytes take plain NCCL all-reduce. Measured by bench/tp_comm.py
-# on 2 x H200 (docs/bench/tp.md, run 2): over NVLink (NCCL peer-to-peer) the one-shot path first beats
-# NCCL bf16 at 64 MB (1.04x; 1.11x at 128 MB, 0.94x at 32 MB); with NCCL_P2P_DISABLE=1 (PCIe-like, and
-# what multi-node TP sees) at 8 MB (1.05x; 2.18x at 32 MB, 2.55x at 128 MB).
-GATE_NVLINK: int | None = 64 << 20  # None: never quantize
+# on 2 x H200 (docs/bench/tp.md, run 3, the default config with error feedback): over NVLink (NCCL
+# peer-to-peer) the one-shot path never beats NCCL bf16 (0.62x at 32 MB, 0.90x at 128 MB; without error
+# feedback, run 2: 1.04x from 64 MB); with NCCL_P2P_DISABLE=1 (PCIe-like, and what multi-node TP sees)
+# from 8 MB (1.50x; 1.91x at 32 MB, 2.41x at 128 MB).
+GATE_NVLINK: int | None = None  # None: never quantize
 GATE_NO_P2P: int = 8 << 20
 _NEVER = 1 << 62
 
