@@ -12,9 +12,10 @@ Wire format of one message of N rows x H channels (one flat uint8 buffer, see `l
 Outlier channels are zeroed before the group absmax, so their 4-bit code is 0 and they cost
 4 bits of padding each (K = H/64 gives 1/16 bit per value): the price of keeping every load and
 store contiguous instead of gathering inliers through a permutation. The outlier indices are
-fixed by calibration and never travel; the kernels find a channel's bf16 slot through a static
-`slot_map()` (one int32 per channel pair: slot + 1 of the even channel in the low 16 bits, of the
-odd one in the high 16 bits, 0 for inliers), so one contiguous load serves a whole pair.
+fixed by calibration and never travel. The kernels mark outlier channels with a static `slot_map()`
+(one int32 per channel pair: slot + 1 of the even channel in the low 16 bits, of the odd one in the
+high 16 bits, 0 for inliers: one contiguous load serves a pair) and move the outlier values as one
+short vector of the K slots per program.
 
 Error feedback (optional, `err`): the rank quantizes x - err instead of x and then overwrites err with
 its new quantization error, dequant(message) - (x - err). The caller passes the same err buffer to the
