@@ -4,7 +4,8 @@ Run on 2 GPUs:  torchrun --nproc-per-node 2 bench/tp_e2e.py --out runs/tp_e2e.js
 CPU smoke test: SMOKE=1 torchrun --nproc-per-node 2 bench/tp_e2e.py --device cpu --out /tmp/e.json
 
 The model is `llm.model.Transformer` with a Llama-3-8B shape (dim 4096, 32 layers, 32 heads, 8 KV
-heads, MLP 14336, vocab 128256) and random bf16 weights: built on the meta device, sharded by
+heads, MLP 14336, vocab 128256; `--shape 70b`: Llama-3-70B, dim 8192, 80 layers, 64 heads, MLP
+28672, for TP=4/8; `--layers N` keeps the first N layers) and random bf16 weights: built on the meta device, sharded by
 `apply_tp`, filled on the GPU. Prefill = one forward of a [1, S] prompt (last-position logits),
 median of 3 after a warm-up, max over ranks. Decode = greedy steps with the KV cache, batch 1 and
 16. Communication modes: plain NCCL bf16; quantized one-shot (error feedback, the default), one-shot over 4
@@ -30,6 +31,9 @@ from llm.parallel.tp import apply_tp, reduction_sites
 
 SHAPE_8B = dict(vocab_size=128256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128,
                 intermediate_size=14336, max_position_embeddings=8192, rope_theta=500000.0)
+SHAPE_70B = dict(vocab_size=128256, dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, head_dim=128,
+                 intermediate_size=28672, max_position_embeddings=8192, rope_theta=500000.0)
+SHAPES = {"8b": SHAPE_8B, "70b": SHAPE_70B}
 SHAPE_SMOKE = dict(vocab_size=512, dim=256, n_layers=2, n_heads=8, n_kv_heads=4, head_dim=32,
                    intermediate_size=512, max_position_embeddings=1024)
 
@@ -97,6 +101,8 @@ def plot(paths: list[str], png: str) -> None:
 def main() -> None:
     ap = tp_parser(__doc__, "docs/tp_e2e.png")
     ap.add_argument("--prompts", default="2048,8192")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="8b")
+    ap.add_argument("--layers", type=int, default=0, help="keep only the first N layers (0: all)")
     args = ap.parse_args()
     if args.plot:
         plot(args.plot, args.png)
@@ -105,7 +111,9 @@ def main() -> None:
     st = init_tp(device=args.device)
     dev, w = st.device, st.world_size
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    shape = SHAPE_SMOKE if smoke else SHAPE_8B
+    shape = dict(SHAPE_SMOKE if smoke else SHAPES[args.shape])
+    if args.layers:
+        shape["n_layers"] = args.layers
     prompts = [64, 256] if smoke else [int(s) for s in args.prompts.split(",")]
     reps, n_decode = (2, 4) if smoke else (3, 32)
     model = build(shape, dev, dtype)

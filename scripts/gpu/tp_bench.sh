@@ -15,7 +15,8 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=1 OMP_NUM_THREADS=4
 BUDGET=${BUDGET:-400}
 DEV=cuda
-NPROC=2
+NPROC=${NPROC:-2}  # TP degree (issue #9: 4 or 8 on nvidia-h200-x4 / -x8)
+E2E_ARGS=${E2E_ARGS:-}  # e.g. "--shape 70b" at TP=4/8
 if [ "${SMOKE:-0}" = "1" ]; then DEV=cpu; fi
 
 STEPS=${STEPS:-all}  # e.g. STEPS="kernel_tests comm_nvlink" runs only those
@@ -46,7 +47,7 @@ main() {
     step kernels 100 python3 bench/tp_kernels.py --device cuda --out "$D/kernels.json"
   fi
   step comm_nvlink 110 $run bench/tp_comm.py --device $DEV --tag nvlink --out "$D/comm_nvlink.json"
-  step e2e_nvlink 170 $run bench/tp_e2e.py --device $DEV --tag nvlink --out "$D/e2e_nvlink.json"
+  step e2e_nvlink 170 $run bench/tp_e2e.py --device $DEV --tag nvlink $E2E_ARGS --out "$D/e2e_nvlink.json"
   NCCL_P2P_DISABLE=1 step comm_nop2p 110 $run bench/tp_comm.py --device $DEV --tag nop2p --out "$D/comm_nop2p.json"
   for m in dense moe; do
     if [ -f models/llm/$m/config.json ]; then
@@ -56,7 +57,7 @@ main() {
       echo "== no models/llm/$m: quality eval skipped"
     fi
   done
-  NCCL_P2P_DISABLE=1 step e2e_nop2p 120 $run bench/tp_e2e.py --device $DEV --tag nop2p --prompts 8192 \
+  NCCL_P2P_DISABLE=1 step e2e_nop2p 120 $run bench/tp_e2e.py --device $DEV --tag nop2p --prompts 8192 $E2E_ARGS \
     --out "$D/e2e_nop2p.json"
   # more NCCL channels for both paths (the 2-rank all-gather does not fill NVLink by default)
   NCCL_MIN_NCHANNELS=32 step comm_nvlink_ch32 90 $run bench/tp_comm.py --device $DEV --tag nvlink_ch32 \
