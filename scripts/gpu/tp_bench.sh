@@ -19,28 +19,17 @@ NPROC=${NPROC:-2}  # TP degree (issue #9: 4 or 8 on nvidia-h200-x4 / -x8)
 E2E_ARGS=${E2E_ARGS:-}  # e.g. "--shape 70b" at TP=4/8
 if [ "${SMOKE:-0}" = "1" ]; then DEV=cpu; fi
 
-STEPS=${STEPS:-all}  # e.g. STEPS="kernel_tests comm_nvlink" runs only those
+# STEPS="kernel_tests comm_nvlink" runs only those steps
 
-step() {  # step NAME TIMEOUT CMD...: run if selected and enough of the budget is left; never abort
-  local name=$1 limit=$2; shift 2
-  if [ "$STEPS" != all ] && [[ " $STEPS " != *" $name "* ]]; then echo "== not selected: $name"; return; fi
-  local left=$((BUDGET - SECONDS))
-  if [ "$left" -lt 30 ]; then echo "== SKIP $name (only ${left}s left)"; return; fi
-  [ "$limit" -gt "$left" ] && limit=$left
-  echo "== $name (limit ${limit}s, t=${SECONDS}s)"
-  timeout --kill-after=10 "$limit" "$@"
-  echo "== $name rc=$? (t=${SECONDS}s)"
-}
+MIN_LEFT=30
+# shellcheck source=scripts/gpu/steps.sh
+source scripts/gpu/steps.sh
 
 main() {
   date -u; hostname
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.device_count())"
   nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null; nvidia-smi topo -m 2>/dev/null
-  if ! python3 -c "import pytest" 2>/dev/null && ls .whl/pytest-*.whl >/dev/null 2>&1; then
-    whls=$(ls .whl/pytest-*.whl .whl/pluggy-*.whl .whl/iniconfig-*.whl .whl/pygments-*.whl)
-    python3 -c "import packaging" 2>/dev/null || whls="$whls $(ls .whl/packaging-*.whl)"
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site $whls && export PYTHONPATH=/tmp/site:$PYTHONPATH
-  fi
+  install_test_wheels
   local run="torchrun --standalone --nproc-per-node $NPROC"
   if [ "$DEV" = cuda ]; then
     step kernel_tests 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/llm/test_kernels_quant.py

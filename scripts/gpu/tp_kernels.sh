@@ -13,25 +13,15 @@ mkdir -p "$D"
 export PYTHONPATH=$PWD:$PWD/protos${PYTHONPATH:+:$PYTHONPATH}
 BUDGET=${BUDGET:-420}
 
-step() {  # step NAME TIMEOUT CMD...: run with a time limit inside the budget; never abort the script
-  local name=$1 limit=$2; shift 2
-  local left=$((BUDGET - SECONDS))
-  if [ "$left" -lt 20 ]; then echo "== SKIP $name (only ${left}s left)"; return; fi
-  [ "$limit" -gt "$left" ] && limit=$left
-  echo "== $name (limit ${limit}s, t=${SECONDS}s)"
-  timeout --kill-after=10 "$limit" "$@"
-  echo "== $name rc=$? (t=${SECONDS}s)"
-}
+MIN_LEFT=20
+# shellcheck source=scripts/gpu/steps.sh
+source scripts/gpu/steps.sh
 
 main() {
   date -u; hostname
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
   nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv 2>/dev/null
-  if ! python3 -c "import pytest" 2>/dev/null && ls .whl/pytest-*.whl >/dev/null 2>&1; then
-    whls=$(ls .whl/pytest-*.whl .whl/pluggy-*.whl .whl/iniconfig-*.whl .whl/pygments-*.whl)
-    python3 -c "import packaging" 2>/dev/null || whls="$whls $(ls .whl/packaging-*.whl)"
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site $whls && export PYTHONPATH=/tmp/site:$PYTHONPATH
-  fi
+  install_test_wheels
   if [ "${SMOKE:-0}" = "1" ]; then
     export TRITON_INTERPRET=1
     step bench 300 python3 bench/tp_kernels.py --device cpu --out "$D/kernels.json"
