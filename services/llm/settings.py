@@ -33,6 +33,9 @@ class LlmSettings(BaseSettings):
     max_prefill_tokens_per_step: int | None = Field(256, ge=1, description="chunked-prefill budget")
     prefill_graphs: bool = Field(False, description="CUDA: replay captured prefills of first chunks "
                                  "(H100, 1B model: TTFT at 1k tokens 22.9 -> 7.1 ms); opt-in")
+    decode_steps: int = Field(1, ge=1, le=256, description="greedy decode steps per host sync (CUDA graphs); "
+                              "a request arriving mid-run waits up to this many steps to be admitted")
+    compile: bool = Field(False, description="CUDA: torch.compile the decode graphs (~15 s per bucket at start)")
     warmup: bool = True
 
     auth_tokens: str = Field("", description="comma-separated bearer tokens; empty = no auth")

@@ -298,3 +298,22 @@ def test_prefill_graphs_setting_reaches_the_engine(tiny_model, monkeypatch):
     eng = load_engine(s)
     assert seen["prefill_graphs"] is True and seen["max_prefill_tokens_per_step"] == 256
     assert eng.prefill_graphs is None  # CPU: no CUDA graphs, the prefill runs eager
+
+
+def test_decode_steps_setting_reaches_the_engine_and_keeps_greedy_output(tiny_model, monkeypatch):
+    from services.llm.server import load_engine
+
+    base = load_engine(LlmSettings(model=tiny_model))
+    monkeypatch.setenv("WAKELINE_LLM_DECODE_STEPS", "8")
+    s = LlmSettings(model=tiny_model)
+    assert s.decode_steps == 8 and s.compile is False
+    eng = load_engine(s)
+    assert eng.decode_steps == 8 and base.decode_steps == 1
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    from llm.sampling import SamplingParams
+
+    p = SamplingParams(max_tokens=12)
+    assert eng.generate_ids(prompts, p) == base.generate_ids(prompts, p)
+    monkeypatch.setenv("WAKELINE_LLM_DECODE_STEPS", "0")
+    with pytest.raises(ValueError):
+        LlmSettings(model=tiny_model)
