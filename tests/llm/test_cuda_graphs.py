@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from llm.cuda_graphs import PrefillGraphs  # noqa: E402
 from llm.engine import Engine, SamplingParams  # noqa: E402
-from tests.llm.test_engine import PROMPTS, hf_greedy  # noqa: E402
+from tests.llm.test_engine import PROMPTS, collect_tokens, hf_greedy  # noqa: E402
 
 
 class _Replay:
@@ -98,15 +98,11 @@ def test_new_bucket_captured_while_slot_0_decodes(checkpoints, arch):
     refs = {"a": hf_greedy(hf, ids[0], 12), "b": hf_greedy(hf, long_b, 6)}
     got: dict[str, list[int]] = {"a": [], "b": []}
     eng.add_request("a", ids[0], SamplingParams(max_tokens=12, ignore_eos=True))
-    for _ in range(3):
-        for o in eng.step():
-            got[o.request_id] += o.new_token_ids
+    collect_tokens(eng, got, 3)
     first = set(eng.prefill_graphs.graphs)
     assert first and 64 not in first and len(got["a"]) == 3
     eng.add_request("b", long_b, SamplingParams(max_tokens=6, ignore_eos=True))
-    while eng.has_unfinished():
-        for o in eng.step():
-            got[o.request_id] += o.new_token_ids
+    collect_tokens(eng, got)
     assert set(eng.prefill_graphs.graphs) == first | {64}
     assert got == refs
 

@@ -24,6 +24,16 @@ def hf_greedy(hf, ids, n):
     return out[0, len(ids):].tolist()
 
 
+def collect_tokens(eng, got: dict[str, list[int]], steps: int | None = None) -> dict[str, list[int]]:
+    """Run `steps` engine steps (None: until none is unfinished); add each request's new tokens to `got`."""
+    n = 0
+    while (eng.has_unfinished() if steps is None else n < steps):
+        for o in eng.step():
+            got.setdefault(o.request_id, []).extend(o.new_token_ids)
+        n += 1
+    return got
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "mixtral", "olmoe", "qwen2_moe"])
 def test_greedy_generation_matches_transformers_batched_and_unbatched(checkpoints, arch):
     path, hf = checkpoints[arch]

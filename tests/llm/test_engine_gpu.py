@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from llm.engine import Engine, SamplingParams  # noqa: E402
-from tests.llm.test_engine import PROMPTS, hf_greedy  # noqa: E402
+from tests.llm.test_engine import PROMPTS, collect_tokens, hf_greedy  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():
@@ -32,10 +32,7 @@ def test_cuda_graph_decode_equals_eager_and_fp32_matches_transformers(checkpoint
     # a request that joins mid-way lands in a higher slot while slot 0 is free: parked rows
     eng.add_request("a", ids[0], SamplingParams(max_tokens=3, ignore_eos=True))
     eng.add_request("b", ids[1], sp)
-    got = {}
-    while eng.has_unfinished():
-        for o in eng.step():
-            got.setdefault(o.request_id, []).extend(o.new_token_ids)
+    got = collect_tokens(eng, {})
     assert got["b"] == refs[1]
 
 
@@ -72,13 +69,9 @@ def test_prefill_graph_capture_while_slot_0_decodes(checkpoints, arch):
     refs = {"a": hf_greedy(hf, ids[0], 12), "b": hf_greedy(hf, long_b, 6)}
     got: dict[str, list[int]] = {"a": [], "b": []}
     eng.add_request("a", ids[0], SamplingParams(max_tokens=12, ignore_eos=True))
-    for _ in range(3):
-        for o in eng.step():
-            got[o.request_id] += o.new_token_ids
+    collect_tokens(eng, got, 3)
     eng.add_request("b", long_b, SamplingParams(max_tokens=6, ignore_eos=True))
-    while eng.has_unfinished():
-        for o in eng.step():
-            got[o.request_id] += o.new_token_ids
+    collect_tokens(eng, got)
     assert set(eng.prefill_graphs.graphs) == {64, 128}
     assert got == refs
 
