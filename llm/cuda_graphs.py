@@ -16,7 +16,7 @@ import logging
 import torch
 
 from llm.moe import MoE
-from llm.sampling import greedy_tokens
+from llm.sampling import SamplingParams, greedy_tokens, row_params, sample_tokens, vocab_hash
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,16 @@ def _buckets(lo: int, hi: int) -> list[int]:
 class DecodeGraphs:
     """Captured decode steps for `model` (its caches already set up with `cache_len` positions).
 
-    Each graph also picks the greedy token on the device and feeds it back: it writes the argmax
-    into its own token input, advances the positions of the active rows and appends the tokens to
-    a ring of `max_steps` rows. `run` replays once and returns the logits (any sampler, the host
-    picks); `run_greedy` replays k times back to back and reads the k tokens with one host sync.
-    Both replay the same graph, so their logits, and greedy tokens, are bit-identical.
+    Each graph also picks the next token on the device and feeds it back: it writes the token into
+    its own token input, advances the positions of the active rows and appends the tokens to a ring
+    of `max_steps` rows, so `run_steps` replays it k times back to back and reads k tokens with one
+    host sync. Two kinds of graph per (batch, kv) bucket: a greedy one (argmax only) and, captured
+    when a batch first needs it, a sampling one (`llm.sampling.sample_tokens`: temperature, top-k,
+    top-p, repetition penalty and counter-based seeded draws, per-row parameters read from static
+    buffers), in a variant without the sort when no row uses top-k/top-p. The sampler's draws are a
+    function of (seed, token index, vocab index) only, so k steps per sync give the tokens that k
+    one-step runs give. The ids each slot has seen (for the penalty) live in `seen` [max_batch, V],
+    which the sampling graphs update with every token they draw.
     """
 
     def __init__(self, model, max_batch: int, cache_len: int, min_kv: int = 256, compile: bool | str = False,
@@ -63,20 +68,27 @@ class DecodeGraphs:
         # batch-1 GEMVs into fused Triton reductions (1.1B on an H100: 1.42 -> 1.32 ms per step,
         # but ~50 s instead of ~15 s of compile per bucket; issue #6)
         self.fn = model
+        self.sample_fn = sample_tokens
         self.tuned = compile == "tuned"
         if compile:
             import torch._dynamo
 
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
             self.fn = torch.compile(model, dynamic=False, fullgraph=True)
+            # the sampler is ~60 elementwise ops over [B, V] (the hash): one fused kernel compiled
+            self.sample_fn = torch.compile(sample_tokens, dynamic=False, fullgraph=True)
             model.set_decode_sum_attention(True)
+        self.max_batch = max_batch
         self.cache_len = cache_len
         self.max_steps = max_steps
         self.batch_buckets = _buckets(1, max_batch)
         self.kv_buckets = _buckets(min(min_kv, cache_len), cache_len)
-        self.graphs: dict[tuple[int, int], tuple] = {}
-        self.failed: set[tuple[int, int]] = set()
+        self.graphs: dict[tuple[int, int], tuple] = {}  # greedy: (graph, buf, ring, logits)
+        self.sample_graphs: dict[tuple[int, int, bool], tuple] = {}  # + fbuf; key (B, kv, truncate)
+        self.failed: set[tuple] = set()
         self.pool = None
+        self.seen: torch.Tensor | None = None  # [max_batch, V] bool, with the first sampling graph
+        self.table: torch.Tensor | None = None
         self._moes: list | None = None
         self._attns: list = []
 
@@ -98,18 +110,33 @@ class DecodeGraphs:
         self.pool = g.pool()
         return g, out
 
-    def _capture(self, B: int, kv: int):
+    def _capture(self, B: int, kv: int, truncate: bool | None = None):
+        """Capture the greedy graph (truncate None) or a sampling graph of bucket (B, kv)."""
         dev = self.model.device
-        # [tokens; positions; active; ring index] in one buffer: one host copy per run, and the entry
-        # keeps every static input alive (a replay reads raw addresses)
-        buf = torch.zeros(3 * B + 1, dtype=torch.long, device=dev)
-        tok, pos, active, idx = buf[:B, None], buf[B:2 * B, None], buf[2 * B:3 * B, None], buf[3 * B:]
+        sampling = truncate is not None
+        if sampling and self.seen is None:  # before any capture: a graph reads fixed addresses
+            V = self.model.args.vocab_size
+            self.seen = torch.zeros(self.max_batch, V, dtype=torch.bool, device=dev)
+            self.table = vocab_hash(V, dev)
+        # [tokens; positions; active; (n; seed keys; top_k;) ring index] in one buffer: one host copy
+        # per run, and the entry keeps every static input alive (a replay reads raw addresses)
+        buf = torch.zeros((6 if sampling else 3) * B + 1, dtype=torch.long, device=dev)
+        tok, pos, active, idx = buf[:B, None], buf[B:2 * B, None], buf[2 * B:3 * B, None], buf[-1:]
         pos.fill_(self.cache_len - 1)  # the warm-up runs parked: it writes no slot's real rows
         ring = torch.zeros(self.max_steps, B, dtype=torch.long, device=dev)
+        ints = buf[3 * B:6 * B].view(3, B) if sampling else None
+        fbuf = torch.tensor([[0.0] * B, [0.0] * B, [1.0] * B], device=dev)  # parked rows: greedy, no penalty
+        seen = self.seen[:B] if sampling else None
 
         def fwd():
             logits = self.fn(tok, pos, None, kv_len=kv)[:, -1]  # [B, V]
-            nxt = greedy_tokens(logits)  # the same argmax the host sampler takes on these logits
+            if sampling:
+                nxt = self.sample_fn(logits, ints, fbuf, self.table, seen, truncate)
+                mark = nxt[:, None]
+                seen.scatter_(1, mark, seen.gather(1, mark) | active.bool())  # parked rows mark nothing
+                ints[0].add_(active[:, 0])  # the index of the next token drawn
+            else:
+                nxt = greedy_tokens(logits)  # the same argmax the host sampler takes on these logits
             ring.index_copy_(0, idx, nxt[None])
             tok.copy_(nxt[:, None])
             pos.add_(active)  # parked rows stay at the spare position
@@ -120,7 +147,7 @@ class DecodeGraphs:
             for _ in range(2):  # the second call runs what compile produced
                 self._warmup(fwd)
             g, logits = self._graph(fwd)
-        return g, buf, ring, logits
+        return (g, buf, ring, logits, fbuf) if sampling else (g, buf, ring, logits)
 
     def _compile_options(self):
         """Inductor options for the compiles a capture triggers (scoped: other compiles keep theirs)."""
@@ -133,69 +160,87 @@ class DecodeGraphs:
     def _bucket(self, slots: list[int], pos: list[int]) -> tuple[int, int]:
         return min(b for b in self.batch_buckets if b > max(slots)), min(k for k in self.kv_buckets if k > max(pos))
 
-    def _entry(self, key: tuple[int, int]):
-        if key in self.failed:
+    def _entry(self, key: tuple[int, int], truncate: bool | None = None):
+        full = key if truncate is None else (*key, truncate)
+        table = self.graphs if truncate is None else self.sample_graphs
+        if full in self.failed:
             return None
-        if key not in self.graphs:
+        if full not in table:
             try:
-                self.graphs[key] = self._capture(*key)
+                table[full] = self._capture(*full)
             except Exception as e:  # e.g. a MoE path that syncs: stay eager for this shape
-                log.warning("decode graph capture for batch %d, kv %d failed (%s); running eager", *key, e)
-                self.failed.add(key)
+                log.warning("decode graph capture %s failed (%s); running eager", full, e)
+                self.failed.add(full)
                 return None
-        return self.graphs[key]
+        return table[full]
 
-    def capture_all(self, batch_sizes: list[int] | None = None, max_pos: int | None = None) -> int:
-        """Capture ahead of time (warm-up) for the given batch sizes up to `max_pos`; returns how many."""
+    def capture_all(self, batch_sizes: list[int] | None = None, max_pos: int | None = None,
+                    sampling: bool = False) -> int:
+        """Capture ahead of time (warm-up) for the given batch sizes up to `max_pos`; returns how many.
+        sampling: the sampling graphs (with top-k/top-p) too."""
         n = 0
         for b in batch_sizes or self.batch_buckets:
             for kv in self.kv_buckets:
                 key = (min(x for x in self.batch_buckets if x >= b), kv)
-                if key not in self.graphs:
-                    self.graphs[key] = self._capture(*key)
-                    n += 1
+                for truncate in (None, True) if sampling else (None,):
+                    table = self.graphs if truncate is None else self.sample_graphs
+                    full = key if truncate is None else (*key, truncate)
+                    if full not in table:
+                        table[full] = self._capture(*full)
+                        n += 1
                 if max_pos is not None and kv > max_pos:
                     break
         return n
 
-    def _load(self, buf: torch.Tensor, B: int, slots: list[int], tokens: list[int], pos: list[int]) -> None:
-        host = [0] * B + [self.cache_len - 1] * B + [0] * B + [0]  # parked rows by default, ring index 0
-        for s, t, p in zip(slots, tokens, pos, strict=True):
+    def _load(self, buf: torch.Tensor, B: int, slots: list[int], tokens: list[int], pos: list[int],
+              rows: tuple[list, list] | None = None, fbuf: torch.Tensor | None = None) -> None:
+        """Fill a graph's static inputs: one host copy (two with sampling rows, `row_params` lists)."""
+        host = [0] * B + [self.cache_len - 1] * B + [0] * B  # parked rows by default
+        host += [0] * (3 * B) if rows is not None else []
+        for i, (s, t, p) in enumerate(zip(slots, tokens, pos, strict=True)):
             host[s], host[B + s], host[2 * B + s] = t, p, 1
-        buf.copy_(torch.tensor(host, dtype=torch.long), non_blocking=True)  # one copy
-
-    def run(self, slots: list[int], tokens: list[int], pos: list[int]) -> torch.Tensor | None:
-        """Logits [len(slots), V] for one decode step of these rows (None: no graph, run eager)."""
-        key = self._bucket(slots, pos)
-        entry = self._entry(key)
-        if entry is None:
-            return None
-        g, buf, _, logits = entry
-        self._load(buf, key[0], slots, tokens, pos)
-        g.replay()
-        n = len(slots)
-        if slots == list(range(n)):
-            return logits[:n]
-        return logits[torch.tensor(slots, device=logits.device)]
+            if rows is not None:
+                for j in range(3):
+                    host[(3 + j) * B + s] = rows[0][j][i]
+        buf.copy_(torch.tensor([*host, 0], dtype=torch.long), non_blocking=True)  # ring index 0
+        if rows is not None:
+            fl = [[0.0] * B, [0.0] * B, [1.0] * B]
+            for j in range(3):
+                for s, v in zip(slots, rows[1][j], strict=True):
+                    fl[j][s] = v
+            fbuf.copy_(torch.tensor(fl, dtype=torch.float32), non_blocking=True)
 
     def steps_left_in_bucket(self, pos: list[int]) -> int:
         """Decode steps these rows can take before their kv bucket changes (>= 1)."""
         kv = min(k for k in self.kv_buckets if k > max(pos))
         return kv - max(pos)
 
-    def run_greedy(self, slots: list[int], tokens: list[int], pos: list[int], k: int) -> list[list[int]] | None:
-        """Greedy tokens of up to k decode steps, [steps][len(slots)], one host sync (None: no graph).
+    def run_steps(self, slots: list[int], tokens: list[int], pos: list[int], k: int,
+                  sampling: tuple[list[SamplingParams], list[int], list[int]] | None = None,
+                  reseen: dict[int, list[int]] | None = None) -> list[list[int]] | None:
+        """The tokens of up to k decode steps, [steps][len(slots)], one host sync (None: no graph).
 
+        Args: sampling: None (every row greedy, unpenalised: the greedy graph) or each row's
+        (SamplingParams, seed key, number of tokens generated so far); reseen: slot -> the ids
+        (prompt + output) to mark as seen before the run, for rows whose `seen` row is stale.
         Stops early at the end of the kv bucket (so every step replays the graph a one-step decode
         would use: same logits bit for bit) and at `max_steps`; the caller loops for the rest.
         """
         key = self._bucket(slots, pos)
-        entry = self._entry(key)
+        truncate = None if sampling is None else any(p.truncates for p in sampling[0])
+        entry = self._entry(key, truncate)
         if entry is None:
             return None
-        g, buf, ring, _ = entry
+        g, buf, ring = entry[:3]
         k = max(1, min(k, self.max_steps, self.steps_left_in_bucket(pos)))
-        self._load(buf, key[0], slots, tokens, pos)
+        if sampling is None:
+            self._load(buf, key[0], slots, tokens, pos)
+        else:
+            self._load(buf, key[0], slots, tokens, pos, row_params(*sampling), entry[4])
+            for s, ids in (reseen or {}).items():
+                row = self.seen[s]
+                row.zero_()
+                row[torch.tensor(sorted(set(ids)), device=row.device)] = True
         for _ in range(k):
             g.replay()
         n = len(slots)

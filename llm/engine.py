@@ -21,7 +21,7 @@ import torch
 
 from llm.cuda_graphs import DecodeGraphs, PrefillGraphs
 from llm.model import Transformer
-from llm.sampling import SamplingParams, sample
+from llm.sampling import SamplingParams, sample, seed_key
 from llm.tokenizer import IncrementalDetokenizer, Tokenizer
 
 __all__ = ["Engine", "SamplingParams", "RequestOutput", "PromptTooLongError"]
@@ -57,7 +57,8 @@ class _Request:
     slot: int = -1
     computed: int = 0  # prompt tokens already in the KV cache
     output: list[int] = field(default_factory=list)
-    generator: torch.Generator | None = None
+    key: int = 0  # seed_key of the request's seed (drawn at random when it has none)
+    seen_len: int = -1  # prompt + output ids the decode graphs' `seen` row holds for this request
     detok: IncrementalDetokenizer | None = None
     text: str = ""
 
@@ -79,11 +80,12 @@ class Engine:
     capture per bucket on first use; 1k-token TTFT of a 1B model on an H100: 22.9 -> 7.1 ms);
     compile_prefill: torch.compile the captured prefills of 2048 tokens and more (prefill graphs
     only; one compile per bucket); detokenize: fill `RequestOutput.text` and honour stop strings;
-    decode_steps: with CUDA graphs, run up to this many greedy decode steps back to back on the
-    device (the sampled token feeds the next replay) with one host sync, when every running
-    request is greedy without repetition penalty and nothing waits to be admitted or prefilled. Stop conditions are applied per token on
-    the host afterwards (tokens after a stop are discarded), outputs still carry one token each, so
-    results and callbacks are those of decode_steps=1; a request that arrives meanwhile waits up
+    decode_steps: with CUDA graphs, run up to this many decode steps back to back on the device
+    (each graph samples its token, greedy or seeded, and feeds it to the next replay) with one
+    host sync, when nothing waits to be admitted or prefilled. Stop conditions are applied per
+    token on the host afterwards (tokens after a stop are discarded), outputs still carry one token
+    each, so results and callbacks are those of decode_steps=1 (sampled ones too: the draws are a
+    function of (seed, token index), see llm.sampling); a request that arrives meanwhile waits up
     to decode_steps steps for admission.
     """
 
@@ -147,9 +149,9 @@ class Engine:
         vocab = self.model.args.vocab_size
         if min(prompt) < 0 or max(prompt) >= vocab:
             raise ValueError(f"prompt ids must be in [0, {vocab})")
-        req = _Request(str(request_id), prompt, params)
-        if params.seed is not None:
-            req.generator = torch.Generator(device=self.device).manual_seed(int(params.seed))
+        # unseeded: a seed from torch's default generator (so torch.manual_seed makes runs repeat)
+        seed = params.seed if params.seed is not None else int(torch.randint(1 << 62, (1,)))
+        req = _Request(str(request_id), prompt, params, key=seed_key(seed))
         if self.detokenize:
             req.detok = IncrementalDetokenizer(self.tokenizer, prompt)
         with self._lock:
@@ -180,17 +182,19 @@ class Engine:
             return bool(self._live or self._aborts or self._aborted_out)
 
     @torch.inference_mode()
-    def warmup(self, batch_sizes: list[int] | None = None, max_pos: int | None = None) -> int:
+    def warmup(self, batch_sizes: list[int] | None = None, max_pos: int | None = None,
+               sampling: bool = False) -> int:
         """Capture (and with compile=True, compile) decode graphs now rather than on first use,
         and with prefill_graphs=True the prefill buckets a first chunk can use.
 
         Args: batch_sizes: running-batch sizes to prepare (None: every bucket); max_pos: the
-        longest sequence to prepare for (None: the whole context). Returns graphs captured.
+        longest sequence to prepare for (None: the whole context); sampling: the sampling graphs
+        (top-k/top-p variant) too, not only the greedy ones. Returns graphs captured.
         """
         if self.graphs is None:
             return 0
         with self._step_lock:
-            n = self.graphs.capture_all(batch_sizes, max_pos)
+            n = self.graphs.capture_all(batch_sizes, max_pos, sampling)
             if self.prefill_graphs is not None:
                 longest = min(self.max_prefill_tokens_per_step, max_pos or self.cache_len)
                 n += self.prefill_graphs.capture_all(longest)
@@ -240,8 +244,7 @@ class Engine:
                 self._running[r.slot] = r
             decoding = [r for _, r in sorted(self._running.items()) if not r.in_prefill]
             if decoding:
-                k = self._steps_now(decoding)
-                steps = self._decode_greedy(decoding, k) if k > 1 else None
+                steps = self._decode_graphs(decoding, self._steps_now(decoding))
                 if steps is not None:
                     outputs += self._finish_steps(decoding, steps)
                 else:
@@ -278,13 +281,10 @@ class Engine:
         return logits[:, -1]
 
     def _decode(self, reqs: list[_Request]) -> torch.Tensor:
+        """Logits of one eager decode step (no graph for this batch); the host samples."""
         slots = [r.slot for r in reqs]
         tokens = [r.output[-1] for r in reqs]
         pos = [len(r.prompt) + len(r.output) - 1 for r in reqs]
-        if self.graphs is not None and self.graphs.enabled(self.model):
-            logits = self.graphs.run(slots, tokens, pos)
-            if logits is not None:
-                return logits
         dev = self.device
         t = torch.tensor(tokens, device=dev)[:, None]
         p = torch.tensor(pos, device=dev)[:, None]
@@ -297,8 +297,6 @@ class Engine:
             return 1
         if (self._waiting and self._free) or any(r.in_prefill for r in self._running.values()):
             return 1  # someone is to be admitted or prefilled next step: do not make them wait
-        if any(not r.params.greedy or r.params.repetition_penalty != 1.0 for r in decoding):
-            return 1  # the host sampler (seeded generators, penalties) needs every step's logits
         with self._lock:
             if self._incoming or self._aborts:
                 return 1
@@ -307,11 +305,21 @@ class Engine:
                    for r in decoding)
         return max(1, min(self.decode_steps, left))
 
-    def _decode_greedy(self, reqs: list[_Request], k: int) -> list[list[int]] | None:
-        if not self.graphs.enabled(self.model):
+    def _decode_graphs(self, reqs: list[_Request], k: int) -> list[list[int]] | None:
+        """Up to k decode steps' tokens from the graphs, which sample on the device (None: no graph)."""
+        if self.graphs is None or not self.graphs.enabled(self.model):
             return None
-        return self.graphs.run_greedy([r.slot for r in reqs], [r.output[-1] for r in reqs],
-                                      [len(r.prompt) + len(r.output) - 1 for r in reqs], k)
+        sampling, reseen = None, {}
+        if not all(r.params.greedy and r.params.repetition_penalty == 1.0 for r in reqs):
+            sampling = ([r.params for r in reqs], [r.key for r in reqs], [len(r.output) for r in reqs])
+            reseen = {r.slot: r.prompt + r.output for r in reqs
+                      if r.params.repetition_penalty != 1.0 and r.seen_len != len(r.prompt) + len(r.output)}
+        got = self.graphs.run_steps([r.slot for r in reqs], [r.output[-1] for r in reqs],
+                                    [len(r.prompt) + len(r.output) - 1 for r in reqs], k, sampling, reseen)
+        if got is not None and sampling is not None:
+            for r in reqs:  # the graph marked every token it drew as seen
+                r.seen_len = len(r.prompt) + len(r.output) + len(got)
+        return got
 
     def _finish_steps(self, reqs: list[_Request], steps: list[list[int]]) -> list[RequestOutput]:
         """Apply the tokens of several device steps in order, as that many one-step decodes would;
@@ -333,7 +341,7 @@ class Engine:
     def _sample_and_finish(self, reqs: list[_Request], logits: torch.Tensor) -> list[RequestOutput]:
         toks = sample(logits, [r.params for r in reqs],
                       [r.prompt + r.output if r.params.repetition_penalty != 1.0 else [] for r in reqs],
-                      [r.generator for r in reqs])
+                      [r.key for r in reqs], [len(r.output) for r in reqs])
         return self._finish(reqs, toks)
 
     def _finish(self, reqs: list[_Request], toks: list[int]) -> list[RequestOutput]:

@@ -23,7 +23,7 @@ def test_greedy_tokens_is_argmax_with_first_index_on_ties(V):
     x[2] = 0.5
     got = greedy_tokens(x)
     assert got[0] == 7 and got[2] == 0 and torch.equal(got, x.argmax(-1))
-    assert sample(x, [SamplingParams()] * 3, [[]] * 3, [None] * 3) == x.argmax(-1).tolist()
+    assert sample(x, [SamplingParams()] * 3, [[]] * 3, [0] * 3, [0] * 3) == x.argmax(-1).tolist()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

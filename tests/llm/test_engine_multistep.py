@@ -1,8 +1,9 @@
-"""Multi-step greedy decode (`Engine(decode_steps=K)`, issue #6): K graph replays feed their argmax
-to the next one on the device, one host sync per K steps, stop conditions applied on the host
-afterwards. Every result must equal decode_steps=1: tokens, finish reasons, streamed text, callbacks,
-aborts. On CPU the CUDA graph is replaced by a call of the same function on the same static buffers
-(token feedback, position advance, ring of sampled tokens all run for real)."""
+"""Multi-step decode (`Engine(decode_steps=K)`, issue #6): K graph replays feed their token (greedy
+or sampled on the device) to the next one, one host sync per K steps, stop conditions applied on the
+host afterwards. Every result must equal decode_steps=1: tokens, finish reasons, streamed text,
+callbacks, aborts. On CPU the CUDA graph is replaced by a call of the same function on the same
+static buffers (token feedback, position advance, ring of sampled tokens all run for real).
+Sampled requests: tests/llm/test_engine_sampling.py."""
 
 from __future__ import annotations
 
@@ -22,15 +23,17 @@ class _CountingGraphs(_GraphsReplayedEagerly):
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        self.runs: list[int] = []
+        self.runs: list[int] = []  # steps of each graph run (one-step runs too)
+        self.sampled: list[bool] = []  # whether each run used a sampling graph
         self.during_run = None
 
-    def run_greedy(self, slots, tokens, pos, k):
+    def run_steps(self, slots, tokens, pos, k, sampling=None, reseen=None):
         if self.during_run is not None:
             self.during_run()
-        got = super().run_greedy(slots, tokens, pos, k)
+        got = super().run_steps(slots, tokens, pos, k, sampling, reseen)
         if got is not None:
             self.runs.append(len(got))
+            self.sampled.append(sampling is not None)
         return got
 
 
@@ -170,25 +173,6 @@ def test_abort_during_a_run_keeps_one_token_then_reports_abort(llama_dir):
     got = _by_id(outs)
     got["a"] = [ref[0]] + got["a"] + _by_id(rest)["a"]
     assert got["a"] == ref and not eng.has_unfinished() and eng.num_running == 0
-
-
-def test_sampling_requests_keep_the_one_step_path(llama_dir):
-    sampled = SamplingParams(max_tokens=12, temperature=1.0, top_k=50, seed=5, ignore_eos=True)
-    greedy = SamplingParams(max_tokens=12, ignore_eos=True)
-    res = {}
-    for k in (1, 8):
-        eng = _engine(llama_dir, k)
-        ids = [eng.tokenizer.encode(p) for p in PROMPTS[:2]]
-        eng.add_request("s", ids[0], sampled)
-        eng.add_request("g", ids[1], greedy)
-        res[k] = _by_id(_drain(eng))
-        if k == 8:
-            assert eng.graphs.runs == []  # a seeded sampler in the batch: every step samples on the host
-        eng.add_request("p", ids[0], SamplingParams(max_tokens=12, repetition_penalty=1.3, ignore_eos=True))
-        res[k]["p"] = _by_id(_drain(eng))["p"]
-        if k == 8:
-            assert eng.graphs.runs == []
-    assert res[8] == res[1]
 
 
 def test_waiting_request_with_no_free_slot_does_not_stop_multi_step(llama_dir):
