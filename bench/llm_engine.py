@@ -43,6 +43,9 @@ SHAPES = {  # the Llama-3.2-1B shape, and the default models' shapes (llm/train/
 }
 
 
+SAMPLED = dict(temperature=0.8, top_k=50, top_p=0.95)  # --sampled's requests (ours and transformers')
+
+
 def sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -99,13 +102,17 @@ def rand_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
     return torch.randint(10, vocab, (n, length), generator=g).tolist()
 
 
-def ours_decode(eng: Engine, batch: int, gen: int, plen: int) -> float:
+def decode_params(n: int, sampled: bool, seed: int = 0) -> SamplingParams:
+    """Greedy, or --sampled's seeded temperature 0.8 / top-k 50 / top-p 0.95 (EOS off)."""
+    return SamplingParams(max_tokens=n, ignore_eos=True, **(dict(SAMPLED, seed=seed) if sampled else {}))
+
+
+def ours_decode(eng: Engine, batch: int, gen: int, plen: int, sampled: bool = False) -> float:
     """Decode tokens/s for `batch` requests of `plen`-token prompts, prefill excluded."""
     vocab = eng.model.args.vocab_size
-    eng.generate_ids(rand_prompts(batch, plen, vocab, 1), SamplingParams(max_tokens=4, ignore_eos=True))
-    sp = SamplingParams(max_tokens=gen, ignore_eos=True)
+    eng.generate_ids(rand_prompts(batch, plen, vocab, 1), decode_params(4, sampled))
     for i, p in enumerate(rand_prompts(batch, plen, vocab, 2)):
-        eng.add_request(f"d{i}", p, sp)
+        eng.add_request(f"d{i}", p, decode_params(gen, sampled, seed=i))
     started = set()
     while len(started) < batch:
         started |= {o.request_id for o in eng.step()}
@@ -136,9 +143,10 @@ def ours_ttft(eng: Engine, plen: int, reps: int) -> float:
     return statistics.median(ttft_times(eng, plen, reps)[1:])  # the first run pays one-off kernel selection
 
 
-def hf_generate(hf, ids: list[list[int]], n: int) -> tuple[float, torch.Tensor]:
+def hf_generate(hf, ids: list[list[int]], n: int, sampled: bool = False) -> tuple[float, torch.Tensor]:
     cfg = hf.generation_config
-    cfg.update(eos_token_id=[], max_new_tokens=n, min_new_tokens=None, do_sample=False, pad_token_id=0)
+    warp = SAMPLED if sampled else dict(temperature=1.0, top_k=50, top_p=1.0)  # HF's defaults when greedy
+    cfg.update(eos_token_id=[], max_new_tokens=n, min_new_tokens=None, do_sample=sampled, pad_token_id=0, **warp)
     x = torch.tensor(ids, device=hf.device)
     sync(hf.device)
     t = time.perf_counter()
@@ -148,11 +156,11 @@ def hf_generate(hf, ids: list[list[int]], n: int) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - t, out[:, x.shape[1]:]
 
 
-def hf_decode(hf, batch: int, gen: int, plen: int, vocab: int) -> float:
+def hf_decode(hf, batch: int, gen: int, plen: int, vocab: int, sampled: bool = False) -> float:
     ids = rand_prompts(batch, plen, vocab, 2)
-    hf_generate(hf, ids, 4)
-    t1, _ = hf_generate(hf, ids, 1)
-    tn, _ = hf_generate(hf, ids, gen)
+    hf_generate(hf, ids, 4, sampled)
+    t1, _ = hf_generate(hf, ids, 1, sampled)
+    tn, _ = hf_generate(hf, ids, gen, sampled)
     return batch * (gen - 1) / max(tn - t1, 1e-9)
 
 
@@ -213,6 +221,9 @@ def bench_model(path: Path, a, device: torch.device, bw: float, res: dict, save)
         res.update(prefill_graph_phase(path, a, max_ctx))
         save()
     res["decode_tok_s"] = {b: round(ours_decode(eng, b, a.gen, a.decode_prompt_len), 1) for b in a.batches}
+    if a.sampled:
+        res["decode_tok_s_sampled"] = {b: round(ours_decode(eng, b, a.gen, a.decode_prompt_len, True), 1)
+                                       for b in a.batches}
     graphs, eng.graphs = eng.graphs, None
     res["decode_tok_s_eager_b1"] = round(ours_decode(eng, 1, a.gen, a.decode_prompt_len), 1)
     eng.graphs = graphs
@@ -231,6 +242,9 @@ def bench_model(path: Path, a, device: torch.device, bw: float, res: dict, save)
         res["hf_ttft_ms"] = {p: round(hf_ttft(hf, p, vocab, a.reps) * 1e3, 2) for p in plens}
         res["hf_decode_tok_s"] = {b: round(hf_decode(hf, b, a.gen, a.decode_prompt_len, vocab), 1) for b in a.batches}
         res["decode_speedup"] = {b: round(res["decode_tok_s"][b] / res["hf_decode_tok_s"][b], 2) for b in a.batches}
+        if a.sampled:
+            res["hf_decode_tok_s_sampled"] = {b: round(hf_decode(hf, b, a.gen, a.decode_prompt_len, vocab, True), 1)
+                                              for b in a.batches}
         res["prefill_speedup"] = {p: round(res["hf_ttft_ms"][p] / res["ttft_ms"][p], 2) for p in plens}
         for key in ("ttft_ms_prefill_graphs", "ttft_ms_prefill_graphs_compiled"):
             if key in res:
@@ -246,26 +260,30 @@ def bench_model(path: Path, a, device: torch.device, bw: float, res: dict, save)
 
 
 def multi_step_phase(eng: Engine, a, res: dict, suffix: str) -> None:
-    """Decode tok/s with decode_steps=K (K greedy steps per host sync) for each K of --decode-steps,
-    and whether its greedy tokens equal the one-step path's (they replay the same graphs)."""
+    """Decode tok/s with decode_steps=K (K steps per host sync) for each K of --decode-steps, greedy
+    (and with --sampled, sampled), and whether the tokens equal the one-step path's (they replay
+    the same graphs; sampled draws depend on (seed, token index) only)."""
     if not a.decode_steps:
         return
     ids = rand_prompts(max(a.batches), a.decode_prompt_len, eng.model.args.vocab_size, 4)
-    sp = SamplingParams(max_tokens=48, ignore_eos=True)
-    eng.decode_steps = 1
-    one = eng.generate_ids(ids, sp)
-    for k in a.decode_steps:
-        eng.decode_steps = k
-        res[f"decode_tok_s{suffix}_k{k}"] = {b: round(ours_decode(eng, b, a.gen, a.decode_prompt_len), 1)
-                                             for b in a.batches}
-        res[f"multi_step{suffix}_k{k}_tokens_equal"] = eng.generate_ids(ids, sp) == one
-        b1 = res[f"decode_tok_s{suffix}_k{k}"][a.batches[0]]
-        res[f"pct_of_bound_b1{suffix}_k{k}"] = round(100 * b1 / res["bound_tok_s_b1"], 1)
+    for sampled in (False, True) if a.sampled else (False,):
+        tag = suffix + ("_sampled" if sampled else "")
+        sp = decode_params(48, sampled, seed=3)
+        eng.decode_steps = 1
+        one = eng.generate_ids(ids, sp)
+        for k in a.decode_steps:
+            eng.decode_steps = k
+            res[f"decode_tok_s{tag}_k{k}"] = {b: round(ours_decode(eng, b, a.gen, a.decode_prompt_len, sampled), 1)
+                                              for b in a.batches}
+            res[f"multi_step{tag}_k{k}_tokens_equal"] = eng.generate_ids(ids, sp) == one
+            b1 = res[f"decode_tok_s{tag}_k{k}"][a.batches[0]]
+            res[f"pct_of_bound_b1{tag}_k{k}"] = round(100 * b1 / res["bound_tok_s_b1"], 1)
     eng.decode_steps = 1
 
 
-def bench_compiled(path: Path, a, device: torch.device, res: dict) -> None:
-    """Decode tok/s with the captured step compiled by torch.compile (and the compile time)."""
+def bench_compiled(path: Path, a, device: torch.device, res: dict, save=lambda: None) -> None:
+    """Decode tok/s with the captured step compiled by torch.compile (and the compile time); `save`
+    is called after each batch size (compiles are slow: keep what is measured)."""
     eng = Engine.from_pretrained(path, device=str(device), dtype=a.dtype, max_batch_size=max(a.batches),
                                  max_context=a.decode_prompt_len + a.gen + 16,
                                  compile="tuned" if a.compile_tuned else True, detokenize=False)
@@ -277,6 +295,14 @@ def bench_compiled(path: Path, a, device: torch.device, res: dict) -> None:
                          SamplingParams(max_tokens=2, ignore_eos=True))
         res["compile_s"][b] = round(time.perf_counter() - t, 1)
         res["decode_tok_s_compiled"][b] = round(ours_decode(eng, b, a.gen, a.decode_prompt_len), 1)
+        if a.sampled:  # the first sampled request compiles the sampler and captures its graphs
+            t = time.perf_counter()
+            eng.generate_ids(rand_prompts(b, a.decode_prompt_len, eng.model.args.vocab_size, 5),
+                             decode_params(2, True))
+            res.setdefault("compile_s_sampled", {})[b] = round(time.perf_counter() - t, 1)
+            res.setdefault("decode_tok_s_compiled_sampled", {})[b] = round(
+                ours_decode(eng, b, a.gen, a.decode_prompt_len, True), 1)
+        save()
     b1 = a.batches[0]
     res["pct_of_bound_b1_compiled"] = round(100 * res["decode_tok_s_compiled"][b1] / res["bound_tok_s_b1"], 1)
     multi_step_phase(eng, a, res, "_compiled")
@@ -309,7 +335,13 @@ def print_table(out: dict) -> None:
             hv = r.get("hf_decode_tok_s", {}).get(b, "-")
             print(f"  {'compiled tok/s @b' + str(b):<22}{v:>12}{hv:>14}"
                   f"{r.get('decode_speedup_compiled', {}).get(b, '-'):>9}  (compile {r['compile_s'][b]} s)")
-        for key in [k for k in r if k.startswith("decode_tok_s") and "_k" in k]:
+        for key in ("decode_tok_s_sampled", "decode_tok_s_compiled_sampled"):
+            for b, v in r.get(key, {}).items():
+                hv = r.get("hf_decode_tok_s_sampled", {}).get(b, "-")
+                sp = round(v / hv, 2) if isinstance(hv, float) else "-"
+                print(f"  {key.removeprefix('decode_tok_s_').replace('_', ' ') + ' @b' + str(b):<22}{v:>12}{hv:>14}"
+                      f"{sp:>9}")
+        for key in [k for k in r if k.startswith("decode_tok_s") and "_k" in k and k[-1].isdigit()]:
             tag = key.removeprefix("decode_tok_s_").replace("_", " ")
             for b, v in r[key].items():
                 print(f"  {tag + ' tok/s @b' + str(b):<22}{v:>12}{'':>14}{'':>9}  "
@@ -350,6 +382,8 @@ def main() -> None:
     ap.add_argument("--compile", nargs="*", default=[], help="models to measure again with compile=True (CUDA)")
     ap.add_argument("--compile-tuned", action="store_true", help="compile='tuned' (coordinate-descent tuning)")
     ap.add_argument("--decode-steps", default="", help="comma list of K: decode tok/s with decode_steps=K too")
+    ap.add_argument("--sampled", action="store_true",
+                    help="decode rows for sampled requests too (temperature 0.8, top_k 50, top_p 0.95, seeded)")
     ap.add_argument("--no-prefill-graphs", dest="prefill_graphs", action="store_false",
                     help="skip the prefill-graph TTFT phase (bench/llm_prefill.py in a child process)")
     ap.add_argument("--prefill-graph-timeout", type=int, default=180)
@@ -381,7 +415,7 @@ def main() -> None:
             continue
         print(f"compiled decode for {name} ...", flush=True)
         try:
-            bench_compiled(Path(r["path"]), a, device, r)
+            bench_compiled(Path(r["path"]), a, device, r, lambda: save(out, a.out))
         except Exception as e:
             r["compile_error"] = f"{type(e).__name__}: {e}"
             import traceback
