@@ -7,7 +7,7 @@
 # top_k 50, top_p 0.95) vs transformers, one 1k TTFT row, no prefill graphs: re-checks that the
 # engine option compile="tuned" reproduces the 750 tok/s (62% of the bound) of bench/llm_profile.py.
 # Carried wheels (pytest only): .whl/pytest-9.0.3 pluggy-1.6.0 iniconfig-2.3.0 pygments-2.20.0
-# packaging-26.2. About 5 min on one H100 (budget 300 s: tests <= 110 s, bench the rest).
+# packaging-26.2. About 5.5 min on one H100 (budget 330 s: tests <= 100 s, bench the rest).
 #   bash scripts/gpu/llm_decode_verify.sh                     # writes $OUT/llm_decode_verify/
 #   SMOKE=1 OUT=/tmp/o bash scripts/gpu/llm_decode_verify.sh  # tiny shapes on CPU, to test the script
 set -uo pipefail
@@ -16,7 +16,7 @@ OUT_DIR="${OUT:-/tmp/out}/$NAME"
 mkdir -p "$OUT_DIR"
 export PYTHONPATH="$PWD:$PWD/protos${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
-BUDGET=${BUDGET:-300}
+BUDGET=${BUDGET:-330}
 # shellcheck source=scripts/gpu/steps.sh
 source scripts/gpu/steps.sh
 install_test_wheels
@@ -28,7 +28,7 @@ if [ "${SMOKE:-0}" = "1" ]; then
 else
   BENCH_ARGS=(--device cuda --models random-1b --batches 1,8 --prompt-lens 1024 --gen 128 --reps 3
               --compile random-1b --compile-tuned --decode-steps 64 --sampled --no-prefill-graphs)
-  TEST_LIMIT=110
+  TEST_LIMIT=100
 fi
 
 {
