@@ -109,7 +109,8 @@ def speed_perturb(x: np.ndarray, utt, factor: float):
 
 
 def augment(x: np.ndarray, rng: np.random.Generator, babble: list[np.ndarray] | None = None) -> np.ndarray:
-    """Reverb (60%), random EQ (50%), noise or babble (85%), band-limit (20%), random gain."""
+    """Reverb (60%), random EQ (50%), noise (85%: babble, real noise when NOISE_ENV names a bank, or
+    coloured), band-limit (20%), random gain."""
     from scipy.signal import fftconvolve, resample_poly
 
     y = x.astype(np.float32)
@@ -120,13 +121,16 @@ def augment(x: np.ndarray, rng: np.random.Generator, babble: list[np.ndarray] | 
     p = float(np.mean(y**2)) + 1e-9
     if rng.random() < 0.85:
         snr = rng.uniform(0, 25)
-        if babble and rng.random() < 0.3:
+        bank, r = _noise_bank(), rng.random()
+        if babble and r < 0.3:
             noise = np.zeros(len(y), np.float32)
             for b in babble[:3]:
                 off = int(rng.integers(0, max(1, len(y) - len(b) + 1))) if len(b) < len(y) else 0
                 seg = b[: len(y) - off]
                 noise[off : off + len(seg)] += seg
             noise /= np.sqrt(np.mean(noise**2)) + 1e-9
+        elif bank is not None and r < 0.65:
+            noise = bank.sample(rng, len(y))
         else:
             noise = coloured_noise(rng, len(y))
         y = y + noise * np.sqrt(p / 10 ** (snr / 10))
@@ -159,6 +163,22 @@ SPEED_P, SPEED_RANGE = 0.5, (0.85, 1.15)
 # augmented afresh like the others. An environment variable so that spawned workers see it.
 POOL_ENV = "WAKELINE_KWS_POOL"
 _POOL: tuple | None = None
+# WAKELINE_KWS_NOISE="folder": a bank of real recorded noises (kws.data.noise) joins coloured noise
+NOISE_ENV = "WAKELINE_KWS_NOISE"
+_NOISE: list = []
+
+
+def _noise_bank():
+    """The NoiseBank named by NOISE_ENV (None without one), loaded once per process."""
+    if not _NOISE:
+        folder = os.environ.get(NOISE_ENV, "")
+        if folder:
+            from kws.data.noise import NoiseBank
+
+            _NOISE.append(NoiseBank(folder))
+        else:
+            _NOISE.append(None)
+    return _NOISE[0]
 
 
 def _pool() -> tuple:

