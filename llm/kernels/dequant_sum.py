@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from llm.kernels.quantize_pack import Layout, pairable, views
+from llm.kernels.launch import Launcher, aligned
+from llm.kernels.quantize_pack import NUM_WARPS, Layout, block_k, pairable, tile_shape, views
 
 try:
     import triton
     import triton.language as tl
 
-    from llm.kernels.quantize_pack import store_pairs
+    from llm.kernels.quantize_pack import byte_offsets, store_pairs, tile
 except ImportError:  # CPU-only installs: the torch reference is the only path
     triton = None
     tl = None
@@ -48,69 +49,71 @@ def dequant_sum_ref(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor,
 if triton is not None:
 
     @triton.jit
-    def _dequant_sum_kernel(buf_ptr, scales_ptr, outl_ptr, idx_ptr, out_ptr, out32_ptr, W, RANK_BYTES,
-                            H, PB, NG, K, OFF_S2, OFF_O2, stride_out, stride_oe,
-                            GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr,
-                            PAIRED: tl.constexpr, HAS_OUTL: tl.constexpr):
-        # scales_ptr / outl_ptr: fp16 / bf16 views of the same buffer, OFF_*2 in 2-byte units. Channels
-        # are held as [BLOCK_G, GROUP/2] pairs (2j, 2j+1): a byte's two nibbles stay in one lane.
-        # stride_out is in 32-bit words if PAIRED (see quantize_pack.load_pairs), stride_oe in elements.
-        row = tl.program_id(0).to(tl.int64)
-        half: tl.constexpr = GROUP // 2
-        g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
-        j = g[:, None] * half + tl.arange(0, half)[None, :]
-        mg = g < NG
-        m0 = (2 * j < H) & mg[:, None]
-        m1 = (2 * j + 1 < H) & mg[:, None]
-        acc0 = tl.zeros([BLOCK_G, half], dtype=tl.float32)
-        acc1 = tl.zeros([BLOCK_G, half], dtype=tl.float32)
-        rank_half = RANK_BYTES // 2
-        for r in range(0, W):
-            b = tl.load(buf_ptr + r * RANK_BYTES + row * PB + j, mask=m0, other=136).to(tl.int32)
-            sc = tl.load(scales_ptr + r * rank_half + OFF_S2 + row * NG + g, mask=mg, other=0.0)
+    def _dequant_sum_kernel(buf_ptr, idx_ptr, out_ptr, RANK_BYTES, N, PB, H2, NG, K, OFF_S, OFF_O, stride_o,
+                            stride_ow, W: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
+                            BLOCK_K: tl.constexpr, PAIRED: tl.constexpr, EVEN: tl.constexpr,
+                            HAS_OUTL: tl.constexpr):
+        # One program: BLOCK_R rows x BLOCK_G groups of every rank's message, accumulated in fp32 and
+        # written once. Channels are held as pairs (2j, 2j+1): a byte's two nibbles stay in one lane.
+        # stride_o in elements, stride_ow in 32-bit words (PAIRED); OFF_S / OFF_O in bytes.
+        r, g, j, ok, m0, m1 = tile(N, PB, H2, NG, GROUP, BLOCK_R, BLOCK_G, EVEN)
+        r64 = r.to(tl.int64)
+        acc0 = tl.zeros(j.shape, dtype=tl.float32)
+        acc1 = tl.zeros(j.shape, dtype=tl.float32)
+        base = buf_ptr
+        for _ in tl.static_range(W):  # unrolled: every rank's loads in flight at once
+            b = tl.load(base + byte_offsets(r64[:, None] * PB + j), mask=m0, other=136).to(tl.int32)
+            sc = tl.load((base + OFF_S).to(tl.pointer_type(tl.float16), bitcast=True) + r64 * NG + g, mask=ok,
+                         other=0.0)
             scf = sc.to(tl.float32)[:, None]
+            # (code - 8) * scale is exact in fp32: fused or not, one rounding per addition, in rank order
             acc0 += ((b & 15) - 8).to(tl.float32) * scf
             acc1 += ((b >> 4) - 8).to(tl.float32) * scf
+            base += RANK_BYTES  # a 64-bit pointer: no overflow past 2 GB of messages
         # outlier channels carry code 8 (= 0.0) here and are overwritten below
-        store_pairs(out_ptr, out32_ptr, row * stride_out, j, acc0, acc1, m0, m1, PAIRED)
+        store_pairs(out_ptr, r64[:, None] * stride_o, r64[:, None] * stride_ow, j, acc0, acc1, m0, m1, PAIRED)
         if HAS_OUTL:
-            # the outlier channels of this program's range: sum the K bf16 slots over ranks, one short
-            # vector per BLOCK_K slots, after every lane's store above (same addresses: barrier first)
-            tl.debug_barrier()
-            c_lo = tl.program_id(1) * BLOCK_G * GROUP
+            # the outlier channels of this tile: the K bf16 slots summed over ranks as one [BLOCK_R, BLOCK_K]
+            # vector, scattered after every lane's store above (same words: barrier first)
+            rk = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
             kk = tl.arange(0, BLOCK_K)
-            for k0 in range(0, K, BLOCK_K):
-                mk = (k0 + kk) < K
-                idx = tl.load(idx_ptr + k0 + kk, mask=mk, other=-1)
-                mo = mk & (idx >= c_lo) & (idx < c_lo + BLOCK_G * GROUP)
-                a = tl.zeros([BLOCK_K], dtype=tl.float32)
-                for r in range(0, W):
-                    a += tl.load(outl_ptr + r * rank_half + OFF_O2 + row * K + k0 + kk, mask=mo,
-                                 other=0.0).to(tl.float32)
-                tl.store(out_ptr + row * stride_oe + idx, a.to(out_ptr.dtype.element_ty), mask=mo)
+            idx = tl.load(idx_ptr + kk, mask=kk < K, other=-1)
+            c_lo = tl.program_id(1) * BLOCK_G * GROUP
+            mo = (rk < N)[:, None] & ((kk < K) & (idx >= c_lo) & (idx < c_lo + BLOCK_G * GROUP))[None, :]
+            rk64 = rk.to(tl.int64)[:, None]
+            a = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+            ol = (buf_ptr + OFF_O).to(tl.pointer_type(tl.bfloat16), bitcast=True)
+            for _ in tl.static_range(W):
+                a += tl.load(ol + rk64 * K + kk[None, :], mask=mo, other=0.0).to(tl.float32)
+                ol += RANK_BYTES // 2
+            tl.debug_barrier()
+            tl.store(out_ptr + rk64 * stride_o + idx[None, :], a.to(out_ptr.dtype.element_ty), mask=mo)
+
+    _launch = Launcher(_dequant_sum_kernel)
 
 
 def dequant_sum(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor, slots: torch.Tensor | None = None,
                 out_dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None,
-                block_g: int = 4, num_warps: int = 2) -> torch.Tensor:
+                block_g: int | None = None, num_warps: int = NUM_WARPS, block_r: int | None = None) -> torch.Tensor:
     """Triton launcher, one kernel for groups and outlier channels: same result as `dequant_sum_ref`.
 
     bufs is [W, lay.total] uint8, contiguous; outlier_idx int32, sorted; slots is unused (the quantize
-    side's signature).
+    side's signature). out ([N, H], unit stride along H) may be the tensor that was quantized: the sum
+    overwrites it in place. One launch, no allocation when `out` is given, no host sync.
     """
     if triton is None:
         raise RuntimeError("triton is not installed; use dequant_sum_ref")
     w = bufs.shape[0]
+    n, h = lay.rows, lay.hidden
     if out is None:
-        out = torch.empty(lay.rows, lay.hidden, dtype=out_dtype, device=bufs.device)
+        out = torch.empty(n, h, dtype=out_dtype, device=bufs.device)
     paired = pairable(out)
-    flat = bufs.reshape(-1)
+    so = out.stride(0)
     k = lay.n_outliers
-    grid = (lay.rows, triton.cdiv(lay.n_groups, block_g))
-    _dequant_sum_kernel[grid](flat, flat.view(torch.float16), flat.view(torch.bfloat16), outlier_idx, out,
-                              out.view(torch.int32) if paired else out, w, lay.total, lay.hidden,
-                              lay.packed_bytes, lay.n_groups, k, lay.off_scales // 2, lay.off_outliers // 2,
-                              out.stride(0) // (2 if paired else 1), out.stride(0), GROUP=lay.group,
-                              BLOCK_G=block_g, BLOCK_K=max(16, min(128, triton.next_power_of_2(max(k, 1)))),
-                              PAIRED=paired, HAS_OUTL=k > 0, num_warps=num_warps)
+    br, bg = tile_shape(n, lay.n_groups, block_g, block_r)
+    meta = (w, lay.group, br, bg, block_k(k), paired, h % lay.group == 0, k > 0)
+    key = (lay, so, out.dtype, aligned(bufs), aligned(out), num_warps) + meta
+    grid = (triton.cdiv(n, br), triton.cdiv(lay.n_groups, bg), 1)
+    _launch(key, grid, (bufs, outlier_idx, out, lay.total, n, lay.packed_bytes, h // 2, lay.n_groups, k,
+                        lay.off_scales, lay.off_outliers, so, so // 2) + meta, num_warps)
     return out

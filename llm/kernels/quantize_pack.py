@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
+from llm.kernels.launch import Launcher, aligned
+
 try:
     import triton
     import triton.language as tl
@@ -48,6 +50,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as Triton do
 # with an IEEE division per value (True: ~2x the instructions of the whole kernel); the reference and
 # the kernels agree bit for bit either way
 EXACT_DIV = False
+# groups of channels per program when the caller does not choose (bench/tp_kernels.py sweeps it)
+TILE_GROUPS = 32
+NUM_WARPS = 4
 
 QMAX = 7
 INV_QMAX = 0.125  # scale = absmax / 8: a power of two, so exact in every implementation
@@ -156,13 +161,12 @@ def quantize_pack_ref(x: torch.Tensor, outlier_idx: torch.Tensor, group: int, ou
 if triton is not None:
 
     @triton.jit
-    def load_pairs(ptr, ptr32, row_off, j, m0, m1, PAIRED: tl.constexpr):
-        """Channels 2j and 2j+1 as fp32; PAIRED: bf16 loaded two at a time as one 32-bit word.
-
-        row_off is in 32-bit words if PAIRED, else in elements (the launcher passes the stride in the
-        unit used, so the compiler sees its divisibility and vectorizes)."""
+    def load_pairs(ptr, row_off, row_off_w, j, m0, m1, PAIRED: tl.constexpr):
+        """Channels 2j and 2j+1 of a row as fp32. PAIRED: bf16 loaded two at a time as one 32-bit word
+        (row_off_w in words: the launcher passes strides in the unit used, so the compiler sees their
+        divisibility and vectorizes); else two strided loads (row_off in elements)."""
         if PAIRED:
-            v = tl.load(ptr32 + row_off + j, mask=m0, other=0)
+            v = tl.load(ptr.to(tl.pointer_type(tl.int32), bitcast=True) + row_off_w + j, mask=m0, other=0)
             # a bf16 is the top half of the fp32 with the same value
             a = (v << 16).to(tl.float32, bitcast=True)
             b = (v & -65536).to(tl.float32, bitcast=True)
@@ -172,93 +176,126 @@ if triton is not None:
         return a, b
 
     @triton.jit
-    def store_pairs(ptr, ptr32, row_off, j, a, b, m0, m1, PAIRED: tl.constexpr):
-        """Store fp32 a, b into channels 2j, 2j+1 of ptr's dtype; PAIRED: as one 32-bit word of bf16s."""
+    def store_pairs(ptr, row_off, row_off_w, j, a, b, m0, m1, PAIRED: tl.constexpr):
+        """Store fp32 a, b into channels 2j, 2j+1 of ptr's dtype; PAIRED: as one 32-bit word of two bf16."""
         if PAIRED:
             lo = a.to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32) & 65535
             hi = b.to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32) << 16
-            tl.store(ptr32 + row_off + j, lo | hi, mask=m0)
+            tl.store(ptr.to(tl.pointer_type(tl.int32), bitcast=True) + row_off_w + j, lo | hi, mask=m0)
         else:
             tl.store(ptr + row_off + 2 * j, a.to(ptr.dtype.element_ty), mask=m0)
             tl.store(ptr + row_off + 2 * j + 1, b.to(ptr.dtype.element_ty), mask=m1)
 
     @triton.jit
-    def _quantize_pack_kernel(x_ptr, x32_ptr, slot_ptr, idx_ptr, e_ptr, e32_ptr, buf_ptr, half_ptr, bhalf_ptr,
-                              H, stride_x, stride_e, stride_xe, stride_ee, PB, NG, K, OFF_S2, OFF_O2, INV_Q,
-                              GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr,
-                              PAIRED: tl.constexpr, ERR_IN: tl.constexpr, ERR_OUT: tl.constexpr,
-                              HAS_OUTL: tl.constexpr, EXACT_DIV: tl.constexpr, INTERP: tl.constexpr):
-        # buf_ptr / half_ptr / bhalf_ptr: the same message as uint8 / fp16 / bf16; OFF_*2 in 2-byte units;
-        # stride_x / stride_e in 32-bit words if PAIRED (see load_pairs), stride_xe / stride_ee in elements.
-        # One program: BLOCK_G groups of one row, held as [BLOCK_G, GROUP/2] pairs of channels (2j, 2j+1),
-        # so the two nibbles of a byte come from the same lane: no interleaving shuffles.
-        row = tl.program_id(0).to(tl.int64)
-        half: tl.constexpr = GROUP // 2
-        g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
+    def byte_offsets(offs):
+        """offs, declared contiguous over 4 elements only: the code bytes then move as 32-bit words per
+        lane, in the same register layout as the bf16 pairs (32-bit words, 4 per 128-bit access), instead
+        of 16 bytes per lane, which would force a shuffle of the whole tile through shared memory."""
+        # (a hint cannot lower what the compiler proves; index arithmetic it can see through does)
+        return offs // 4 * 4 + offs % 4
+
+    @triton.jit
+    def tile(N, PB, H2, NG, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
+             EVEN: tl.constexpr):
+        """This program's tile: BLOCK_R rows x BLOCK_G groups, flattened to [BLOCK_R * BLOCK_G, GROUP/2]
+        channel pairs (2j, 2j+1). Returns rows r [M], groups g [M], pair index j [M, GROUP/2], the
+        group mask [M] and the masks of channels 2j and 2j+1. EVEN (H a multiple of GROUP): no column
+        masks, so the masks are constant along a group and loads and stores vectorize."""
+        HALF: tl.constexpr = GROUP // 2
+        m = tl.arange(0, BLOCK_R * BLOCK_G)
+        r = tl.program_id(0) * BLOCK_R + m // BLOCK_G
+        g = tl.program_id(1) * BLOCK_G + m % BLOCK_G
+        j = g[:, None] * HALF + tl.arange(0, HALF)[None, :]
+        ok = (r < N) & (g < NG)
+        if EVEN:
+            m0 = tl.broadcast_to(ok[:, None], (BLOCK_R * BLOCK_G, HALF))
+            m1 = m0
+        else:  # j < PB, not 2j < H: a comparison the compiler can prove constant over 16 pairs
+            m0 = ok[:, None] & (j < PB)
+            m1 = ok[:, None] & (j < H2)
+        return r, g, j, ok, m0, m1
+
+    @triton.jit
+    def _quantize_pack_kernel(x_ptr, e_ptr, slot_ptr, idx_ptr, buf_ptr, N, PB, H2, NG, K, stride_x, stride_xw,
+                              stride_e, stride_ew, OFF_S, OFF_O, INV_Q,
+                              GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
+                              BLOCK_K: tl.constexpr, PAIRED: tl.constexpr, EVEN: tl.constexpr,
+                              ERR_IN: tl.constexpr, ERR_OUT: tl.constexpr, HAS_OUTL: tl.constexpr,
+                              EXACT_DIV: tl.constexpr, INTERP: tl.constexpr):
+        # One pass over BLOCK_R rows x BLOCK_G groups. Strides: stride_* in elements, stride_*w in 32-bit
+        # words (PAIRED); OFF_S / OFF_O: byte offsets of the scales (fp16) and outliers (bf16) in buf.
+        sc_ptr = (buf_ptr + OFF_S).to(tl.pointer_type(tl.float16), bitcast=True)
+        ol_ptr = (buf_ptr + OFF_O).to(tl.pointer_type(tl.bfloat16), bitcast=True)
         if HAS_OUTL:
-            # the outlier channels of this program's range, as one short vector per BLOCK_K of the K slots
-            # (not a per-channel scatter: that costs address math and a predicated store on every lane)
-            c_lo = tl.program_id(1) * BLOCK_G * GROUP
+            # the calibrated outlier channels of this tile as one [BLOCK_R, BLOCK_K] gather of the K slots,
+            # stored contiguously; v stays in registers for the error written at the end
+            rk = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
             kk = tl.arange(0, BLOCK_K)
-            for k0 in range(0, K, BLOCK_K):
-                mk = (k0 + kk) < K
-                idx = tl.load(idx_ptr + k0 + kk, mask=mk, other=-1)
-                mo = mk & (idx >= c_lo) & (idx < c_lo + BLOCK_G * GROUP)
-                v = tl.load(x_ptr + row * stride_xe + idx, mask=mo, other=0.0).to(tl.float32)
-                if ERR_IN:
-                    v -= tl.load(e_ptr + row * stride_ee + idx, mask=mo, other=0.0).to(tl.float32)
-                tl.store(bhalf_ptr + OFF_O2 + row * K + k0 + kk, v.to(tl.bfloat16), mask=mo)
-            # the error buffer is read above and overwritten below by other lanes of this program
-            tl.debug_barrier()
-        j = g[:, None] * half + tl.arange(0, half)[None, :]              # byte / pair index in the row
-        mg = g[:, None] < NG
-        m0 = (2 * j < H) & mg
-        m1 = (2 * j + 1 < H) & mg
-        x0, x1 = load_pairs(x_ptr, x32_ptr, row * stride_x, j, m0, m1, PAIRED)
+            idx = tl.load(idx_ptr + kk, mask=kk < K, other=-1)
+            c_lo = tl.program_id(1) * BLOCK_G * GROUP
+            mo = (rk < N)[:, None] & ((kk < K) & (idx >= c_lo) & (idx < c_lo + BLOCK_G * GROUP))[None, :]
+            rk64 = rk.to(tl.int64)[:, None]
+            v = tl.load(x_ptr + rk64 * stride_x + idx[None, :], mask=mo, other=0.0).to(tl.float32)
+            if ERR_IN:
+                v -= tl.load(e_ptr + rk64 * stride_e + idx[None, :], mask=mo, other=0.0).to(tl.float32)
+            vb = v.to(tl.bfloat16)
+            tl.store(ol_ptr + rk64 * K + kk[None, :], vb, mask=mo)
+        r, g, j, ok, m0, m1 = tile(N, PB, H2, NG, GROUP, BLOCK_R, BLOCK_G, EVEN)
+        r64 = r.to(tl.int64)[:, None]
+        x0, x1 = load_pairs(x_ptr, r64 * stride_x, r64 * stride_xw, j, m0, m1, PAIRED)
         if ERR_IN:
-            e0, e1 = load_pairs(e_ptr, e32_ptr, row * stride_e, j, m0, m1, PAIRED)
+            e0, e1 = load_pairs(e_ptr, r64 * stride_e, r64 * stride_ew, j, m0, m1, PAIRED)
             x0 -= e0
             x1 -= e1
-        if HAS_OUTL:
+        if HAS_OUTL:  # outlier channels leave their group (code 0)
             sp = tl.load(slot_ptr + j, mask=m0, other=0)
-            o0 = (sp & 65535) != 0
-            o1 = (sp >> 16) != 0
-            i0 = tl.where(o0, 0.0, x0)
-            i1 = tl.where(o1, 0.0, x1)
+            i0 = tl.where((sp & 65535) != 0, 0.0, x0)
+            i1 = tl.where((sp >> 16) != 0, 0.0, x1)
         else:
             i0 = x0
             i1 = x1
-        absmax = tl.maximum(tl.max(tl.abs(i0), axis=1), tl.max(tl.abs(i1), axis=1))
-        sc = tl.minimum(absmax * INV_Q, 65504.0).to(tl.float16)
-        tl.store(half_ptr + OFF_S2 + row * NG + g, sc, mask=g < NG)
-        scf = sc.to(tl.float32)[:, None]
+        amax = tl.maximum(tl.max(tl.abs(i0), axis=1), tl.max(tl.abs(i1), axis=1))
+        sc = tl.minimum(amax * INV_Q, 65504.0).to(tl.float16)
+        tl.store(sc_ptr + r.to(tl.int64) * NG + g, sc, mask=ok)
+        scf = sc.to(tl.float32)
+        # a zero scale means |inliers| < 2^-22: x * 1 rounds to code 0 as the reference's where() does
         safe = tl.where(scf > 0, scf, 1.0)
         if EXACT_DIV:
-            q0 = tl.math.div_rn(i0, safe)
-            q1 = tl.math.div_rn(i1, safe)
+            q0 = tl.math.div_rn(i0, safe[:, None])
+            q1 = tl.math.div_rn(i1, safe[:, None])
         else:
             # one IEEE division per group, then a multiplication that must not fuse with the + 0.5 below
             # into an FMA (one rounding instead of torch's two): mul_rn is never contracted
-            r = tl.math.div_rn(tl.full(safe.shape, 1.0, tl.float32), safe)
+            rcp = tl.math.div_rn(tl.full(safe.shape, 1.0, tl.float32), safe)[:, None]
             if INTERP:
-                q0 = i0 * r
-                q1 = i1 * r
+                q0 = i0 * rcp
+                q1 = i1 * rcp
             else:
-                q0 = libdevice.mul_rn(i0, r)
-                q1 = libdevice.mul_rn(i1, r)
-        q0 = tl.where(scf > 0, q0, 0.0)
-        q1 = tl.where(scf > 0, q1, 0.0)
-        q0 = tl.minimum(tl.maximum(tl.floor(q0 + 0.5), -7.0), 7.0)
-        q1 = tl.minimum(tl.maximum(tl.floor(q1 + 0.5), -7.0), 7.0)
-        byte = (q0.to(tl.int32) + 8) | ((q1.to(tl.int32) + 8) << 4)
-        tl.store(buf_ptr + row * PB + j, byte.to(tl.uint8), mask=m0)
+                q0 = libdevice.mul_rn(i0, rcp)
+                q1 = libdevice.mul_rn(i1, rcp)
+        if INTERP:
+            c0 = tl.floor(q0 + 0.5).to(tl.int32)
+            c1 = tl.floor(q1 + 0.5).to(tl.int32)
+        else:  # floor and convert in one instruction
+            c0 = libdevice.float2int_rd(q0 + 0.5)
+            c1 = libdevice.float2int_rd(q1 + 0.5)
+        c0 = tl.minimum(tl.maximum(c0, -7), 7)
+        c1 = tl.minimum(tl.maximum(c1, -7), 7)
+        # (c0 + 8) | (c1 + 8) << 4, in [17, 255]; 4 bytes per store and thread (byte_offsets)
+        tl.store(buf_ptr + byte_offsets(r64 * PB + j), (c0 + c1 * 16 + 136).to(tl.uint8), mask=m0)
         if ERR_OUT:
-            d0 = q0 * scf
-            d1 = q1 * scf
-            if HAS_OUTL:  # outliers travel as bf16: their error is the bf16 rounding
-                d0 = tl.where(o0, x0.to(tl.bfloat16).to(tl.float32), d0)
-                d1 = tl.where(o1, x1.to(tl.bfloat16).to(tl.float32), d1)
-            store_pairs(e_ptr, e32_ptr, row * stride_e, j, d0 - x0, d1 - x1, m0, m1, PAIRED)
+            # the product of a code and an fp16 scale is exact in fp32: one rounding, as in the reference
+            d0 = tl.fma(c0.to(tl.float32), scf[:, None], -x0)
+            d1 = tl.fma(c1.to(tl.float32), scf[:, None], -x1)
+            if HAS_OUTL:  # other lanes' outlier pass above read the old error here
+                tl.debug_barrier()
+            store_pairs(e_ptr, r64 * stride_e, r64 * stride_ew, j, d0, d1, m0, m1, PAIRED)
+            if HAS_OUTL:  # outliers travel as bf16: their error is the bf16 rounding (same words as above)
+                tl.debug_barrier()
+                tl.store(e_ptr + rk64 * stride_e + idx[None, :], (vb.to(tl.float32) - v).to(e_ptr.dtype.element_ty),
+                         mask=mo)
+
+    _launch = Launcher(_quantize_pack_kernel)
 
 
 def pairable(*ts: torch.Tensor) -> bool:
@@ -267,11 +304,30 @@ def pairable(*ts: torch.Tensor) -> bool:
                and t.data_ptr() % 4 == 0 for t in ts)
 
 
+def tile_shape(n: int, n_groups: int, block_g: int | None = None, block_r: int | None = None,
+               tile_groups: int = TILE_GROUPS) -> tuple[int, int]:
+    """(rows, groups) of one program's tile. By default whole rows when a row has at most `tile_groups`
+    groups (every outlier slot of a row is then useful to the program that loads it), and as many rows as
+    make `tile_groups` groups; never more rows than the next power of two of n."""
+    bg = block_g or min(triton.next_power_of_2(n_groups), tile_groups)
+    br = block_r or max(1, tile_groups // bg)
+    return min(br, triton.next_power_of_2(n)), bg
+
+
+def block_k(k: int) -> int:
+    """Outlier slots per vector: all K at once (the kernels keep them in registers), at least 16."""
+    return max(16, triton.next_power_of_2(max(k, 1)))
+
+
 def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, slots: torch.Tensor, group: int,
-                  out: torch.Tensor | None = None, block_g: int = 4, err: torch.Tensor | None = None,
-                  err_in: bool = True, num_warps: int = 2, exact_div: bool = EXACT_DIV) -> torch.Tensor:
+                  out: torch.Tensor | None = None, block_g: int | None = None, err: torch.Tensor | None = None,
+                  err_in: bool = True, num_warps: int = NUM_WARPS, exact_div: bool = EXACT_DIV,
+                  block_r: int | None = None) -> torch.Tensor:
     """Triton launcher: same result as `quantize_pack_ref` (x [N, H] row-major; outlier_idx int32 sorted;
-    slots = slot_map(outlier_idx, H))."""
+    slots = slot_map(outlier_idx, H)). One launch, no allocation when `out` is given, no host sync.
+
+    block_r x block_g (rows x groups of `group` channels) is one program's tile (`tile_shape()`).
+    """
     if triton is None:
         raise RuntimeError("triton is not installed; use quantize_pack_ref")
     if group & (group - 1):
@@ -284,15 +340,12 @@ def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, slots: torch.Tenso
     buf = torch.empty(lay.total, dtype=torch.uint8, device=x.device) if out is None else out
     e = x if err is None else err
     paired = pairable(x, e)
-    x32 = x.view(torch.int32) if paired else x
-    e32 = e.view(torch.int32) if paired else e
-    unit = 2 if paired else 1  # strides in 32-bit words when bf16 pairs move together
-    grid = (n, triton.cdiv(lay.n_groups, block_g))
-    _quantize_pack_kernel[grid](x, x32, slots, outlier_idx, e, e32, buf, buf.view(torch.float16),
-                                buf.view(torch.bfloat16), h, x.stride(0) // unit, e.stride(0) // unit,
-                                x.stride(0), e.stride(0), lay.packed_bytes, lay.n_groups, k,
-                                lay.off_scales // 2, lay.off_outliers // 2, INV_QMAX,
-                                GROUP=group, BLOCK_G=block_g, BLOCK_K=max(16, min(128, triton.next_power_of_2(max(k, 1)))),
-                                PAIRED=paired, ERR_IN=err is not None and err_in, ERR_OUT=err is not None,
-                                HAS_OUTL=k > 0, EXACT_DIV=exact_div, INTERP=INTERPRET, num_warps=num_warps)
+    br, bg = tile_shape(n, lay.n_groups, block_g, block_r)
+    sx, se = x.stride(0), e.stride(0)
+    ef = err is not None
+    meta = (group, br, bg, block_k(k), paired, h % group == 0, ef and err_in, ef, k > 0, exact_div, INTERPRET)
+    key = (n, h, sx, se, x.dtype, e.dtype, k, aligned(x), aligned(e), aligned(buf), num_warps) + meta
+    grid = (triton.cdiv(n, br), triton.cdiv(lay.n_groups, bg), 1)
+    _launch(key, grid, (x, e, slots, outlier_idx, buf, n, lay.packed_bytes, h // 2, lay.n_groups, k, sx, sx // 2,
+                        se, se // 2, lay.off_scales, lay.off_outliers, INV_QMAX) + meta, num_warps)
     return buf
