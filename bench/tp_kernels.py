@@ -9,8 +9,10 @@ and kernel: GPU time (CUDA events around a CUDA graph of `reps` launches: no hos
 time per call (events around one launch from Python: what the comm path pays when launch-bound), and
 achieved bandwidth = bytes the kernel must move / GPU time, against a measured torch copy (read + write)
 on the same GPU. Kernels: quantize (no error feedback), quantize_ef (reads and writes the error buffer
-too), dequant_sum of W = 2 messages. The groups-per-program / warps configuration is swept first at
-32 MB and 128 MB and the fastest one is used for the size sweep.
+too), dequant_sum of W = 2 messages, and `local` = quantize_ef + dequant_sum into the input (the kernel
+part of one one-shot all-reduce: its eager column is the host cost of the two launches). The tile
+(rows x groups per program) and warps are swept per kernel first at 32 MB and 128 MB (`CONFIGS`), and
+each kernel's fastest one is used for the size sweep (`--no-sweep`: the library defaults).
 """
 
 from __future__ import annotations
@@ -35,24 +37,22 @@ if qp.triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def _pair_copy_kernel(x_ptr, x32_ptr, o_ptr, o32_ptr, H, stride, NG, GROUP: tl.constexpr,
+    def _pair_copy_kernel(x_ptr, o_ptr, N, PB, NG, stride, stride_w, GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
                           BLOCK_G: tl.constexpr):
         # the kernels' tiling and paired loads / stores, nothing else: their bandwidth ceiling
-        row = tl.program_id(0).to(tl.int64)
-        half: tl.constexpr = GROUP // 2
-        g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
-        j = g[:, None] * half + tl.arange(0, half)[None, :]
-        m0 = (2 * j < H) & (g[:, None] < NG)
-        a, b = qp.load_pairs(x_ptr, x32_ptr, row * stride, j, m0, m0, True)
-        qp.store_pairs(o_ptr, o32_ptr, row * stride, j, a, b, m0, m0, True)
+        r, g, j, ok, m0, m1 = qp.tile(N, PB, PB, NG, GROUP, BLOCK_R, BLOCK_G, True)
+        r64 = r.to(tl.int64)[:, None]
+        a, b = qp.load_pairs(x_ptr, r64 * stride, r64 * stride_w, j, m0, m1, True)
+        qp.store_pairs(o_ptr, r64 * stride, r64 * stride_w, j, a, b, m0, m1, True)
 
 
-def _pair_copy(x: torch.Tensor, out: torch.Tensor, block_g: int, warps: int) -> None:
+def _pair_copy(x: torch.Tensor, out: torch.Tensor, cfg: tuple[int, int, int]) -> None:
     n, h = x.shape
     ng = h // G
-    _pair_copy_kernel[(n, triton.cdiv(ng, block_g))](x, x.view(torch.int32), out, out.view(torch.int32), h,
-                                                      x.stride(0) // 2, ng, GROUP=G, BLOCK_G=block_g,
-                                                      num_warps=warps)
+    br, bg = qp.tile_shape(n, ng, cfg[1], cfg[0])
+    _pair_copy_kernel[(triton.cdiv(n, br), triton.cdiv(ng, bg))](x, out, n, h // 2, ng, x.stride(0),
+                                                                 x.stride(0) // 2, GROUP=G, BLOCK_R=br,
+                                                                 BLOCK_G=bg, num_warps=cfg[2])
 
 
 def gpu_time(fn, reps: int, iters: int) -> float:
@@ -116,30 +116,40 @@ def setup(nbytes: int, dev: torch.device):
     return n, x, idx, slots, lay, bufs, err, out
 
 
-def kernels(dev: torch.device, nbytes: int, block_g: int, warps: int, variants: bool = False) -> dict:
-    """name -> (callable, bytes it must move) for one message size."""
+def kernels(dev: torch.device, nbytes: int, cfg: dict, variants: bool = False) -> dict:
+    """name -> (callable, bytes it must move) for one message size; cfg: kernel -> (block_r, block_g, warps)."""
     n, x, idx, slots, lay, bufs, err, out = setup(nbytes, dev)
     payload = lay.total
     if dev.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter: smoke tests
-        qp.quantize_pack(x, idx, slots, G, out=bufs[1], block_g=block_g, num_warps=warps)
+
+        def q(c, **kw):
+            return lambda: qp.quantize_pack(x, idx, slots, G, out=bufs[0], block_r=c[0], block_g=c[1],
+                                            num_warps=c[2], **kw)
+
+        cq, ce, cd = cfg["quantize"], cfg["quantize_ef"], cfg["dequant_sum"]
+        q(cq)()
+        qp.quantize_pack(x, idx, slots, G, out=bufs[1], block_r=cq[0], block_g=cq[1], num_warps=cq[2])
         if variants:  # what the kernels' time is made of: a copy with the same tiling, no outliers, division
             none = idx[:0]
             b0 = torch.empty(qp.layout(n, H, G, 0).total, dtype=torch.uint8, device=dev)
             return {
-                "pair_copy": (lambda: _pair_copy(x, out, block_g, warps), 4 * x.numel()),
-                "quantize_no_outliers": (lambda: qp.quantize_pack(x, none, slots, G, out=b0, block_g=block_g,
-                                                                  num_warps=warps), 2 * x.numel() + payload),
-                "quantize_exact_div": (lambda: qp.quantize_pack(x, idx, slots, G, out=bufs[0], block_g=block_g,
-                                                                num_warps=warps, exact_div=True),
-                                       2 * x.numel() + payload),
+                "pair_copy": (lambda: _pair_copy(x, out, cq), 4 * x.numel()),
+                "quantize_no_outliers": (lambda: qp.quantize_pack(x, none, slots, G, out=b0, block_r=cq[0],
+                                                                  block_g=cq[1], num_warps=cq[2]),
+                                         2 * x.numel() + payload),
+                "quantize_exact_div": (q(cq, exact_div=True), 2 * x.numel() + payload),
             }
+
+        def local():  # the kernels of one one-shot all-reduce of 2 ranks, the sum written in place
+            qp.quantize_pack(x, idx, slots, G, out=bufs[0], err=err, block_r=ce[0], block_g=ce[1], num_warps=ce[2])
+            ds.dequant_sum(bufs, lay, idx, out=x, block_r=cd[0], block_g=cd[1], num_warps=cd[2])
+
         return {
-            "quantize": (lambda: qp.quantize_pack(x, idx, slots, G, out=bufs[0], block_g=block_g,
-                                                  num_warps=warps), 2 * x.numel() + payload),
-            "quantize_ef": (lambda: qp.quantize_pack(x, idx, slots, G, out=bufs[0], block_g=block_g, err=err,
-                                                     num_warps=warps), 6 * x.numel() + payload),
-            "dequant_sum": (lambda: ds.dequant_sum(bufs, lay, idx, slots, out=out, block_g=block_g,
-                                                   num_warps=warps), W * payload + 2 * x.numel()),
+            "quantize": (q(cq), 2 * x.numel() + payload),
+            "quantize_ef": (q(ce, err=err), 6 * x.numel() + payload),
+            "dequant_sum": (lambda: ds.dequant_sum(bufs, lay, idx, out=out, block_r=cd[0], block_g=cd[1],
+                                                   num_warps=cd[2]), W * payload + 2 * x.numel()),
+            "local": (local, 6 * x.numel() + payload + W * payload + 2 * x.numel()),
         }
     if variants:
         return {}
@@ -150,11 +160,18 @@ def kernels(dev: torch.device, nbytes: int, block_g: int, warps: int, variants: 
             "dequant_sum": (lambda: ds.dequant_sum_ref(bufs, lay, il, torch.bfloat16), W * payload + 2 * x.numel())}
 
 
+# (block_r, block_g, num_warps); block_g 32 = whole rows of 4096 channels
+CONFIGS = [(1, 32, 4), (1, 32, 8), (2, 32, 4), (2, 32, 8), (4, 32, 8), (1, 16, 2), (1, 16, 4), (2, 16, 4),
+           (1, 8, 2), (4, 8, 4), (8, 4, 4), (4, 4, 2)]
+NAMES = ("quantize", "quantize_ef", "dequant_sum")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--iters", type=int, default=25)
+    ap.add_argument("--no-sweep", action="store_true", help="use the library defaults, skip the config sweep")
     a = ap.parse_args()
     smoke = os.environ.get("SMOKE") == "1"
     dev = torch.device(a.device)
@@ -171,34 +188,34 @@ def main() -> None:
         res["copy_gbps"] = 2 * big.numel() * 2 / gpu_time(lambda: dst.copy_(big), 5, iters) / 1e9
         del big, dst
         print(f"torch copy: {res['copy_gbps']:.0f} GB/s (read + write)", flush=True)
-    # configuration sweep
-    best = (4, 2)
-    if cuda and not smoke:
+    default = (None, None, qp.NUM_WARPS)
+    best = {k: default for k in NAMES}
+    if cuda and not smoke and not a.no_sweep:
         sweep = []
-        for block_g in (2, 4, 8, 16):
-            for warps in (1, 2, 4, 8):
-                if block_g * G // 2 < 32 * warps:  # fewer pairs than threads: lanes would repeat work
-                    continue
-                row = {"block_g": block_g, "warps": warps}
-                for nbytes in (32 << 20, 128 << 20):
-                    for name, (fn, _) in kernels(dev, nbytes, block_g, warps).items():
-                        row[f"{name}_{nbytes >> 20}mb_us"] = gpu_time(fn, 5, 7) * 1e6
-                sweep.append(row)
-                print(json.dumps(row), flush=True)
+        for c in CONFIGS:
+            row = {"block_r": c[0], "block_g": c[1], "warps": c[2]}
+            for nbytes in (32 << 20, 128 << 20):
+                todo = kernels(dev, nbytes, dict.fromkeys(NAMES, c))
+                for name in NAMES:
+                    row[f"{name}_{nbytes >> 20}mb_us"] = gpu_time(todo[name][0], 5, 7) * 1e6
+            sweep.append(row)
+            print(json.dumps(row), flush=True)
         res["sweep"] = sweep
-        score = {(r["block_g"], r["warps"]): sum(v for k, v in r.items() if k.endswith("_us")) for r in sweep}
-        best = min(score, key=score.get)
+        for name in NAMES:
+            score = {(r["block_r"], r["block_g"], r["warps"]): r[f"{name}_32mb_us"] + r[f"{name}_128mb_us"] / 4
+                     for r in sweep}
+            best[name] = min(score, key=score.get)
         _save(a.out, res)
-    res["block_g"], res["num_warps"] = best
-    print(f"config: block_g {best[0]}, num_warps {best[1]}", flush=True)
+    res["config"] = {k: list(v) for k, v in best.items()}
+    print(f"config (block_r, block_g, warps): {res['config']}", flush=True)
     rows = []
     nbytes = 8 << 10
     top = (256 << 10) if smoke else (128 << 20)
     while nbytes <= top:
         row = {"bytes": nbytes}
-        todo = dict(kernels(dev, nbytes, *best))
+        todo = dict(kernels(dev, nbytes, best))
         if nbytes >= ((64 << 10) if smoke else (1 << 20)):
-            todo.update(kernels(dev, nbytes, *best, variants=True))
+            todo.update(kernels(dev, nbytes, best, variants=True))
         for name, (fn, moved) in todo.items():
             row[f"{name}_eager_us"] = eager_time(fn, iters, dev) * 1e6
             if cuda:
@@ -224,17 +241,19 @@ def _save(path: str, res: dict) -> None:
 
 def _table(res: dict) -> None:
     """Markdown table of the size sweep (GPU us, GB/s, fraction of copy bandwidth; eager us)."""
-    print(f"\n{res['device']}, copy {res.get('copy_gbps', 0):.0f} GB/s, block_g {res['block_g']}, "
-          f"warps {res['num_warps']}\n")
-    print("| message | quantize us (GB/s, % copy) | +error feedback | dequant+sum W=2 | eager q / q+ef / dq us |")
-    print("|---|---|---|---|---|")
+    print(f"\n{res['device']}, copy {res.get('copy_gbps', 0):.0f} GB/s, (block_r, block_g, warps) "
+          f"{res['config']}\n")
+    print("| message | quantize us (GB/s, % copy) | +error feedback | dequant+sum W=2 | q+ef, dq in place | "
+          "eager q / q+ef / dq / both us |")
+    print("|---|---|---|---|---|---|")
     for r in res["rows"]:
         def cell(k: str, r=r) -> str:
             if f"{k}_gpu_us" not in r:
                 return "-"
             return f"{r[k + '_gpu_us']:.1f} ({r[k + '_gbps']:.0f}, {r[k + '_frac_of_copy']:.0%})"
         print(f"| {r['bytes'] / 2**20:.3g} MB | {cell('quantize')} | {cell('quantize_ef')} | {cell('dequant_sum')} | "
-              f"{r['quantize_eager_us']:.0f} / {r['quantize_ef_eager_us']:.0f} / {r['dequant_sum_eager_us']:.0f} |")
+              f"{cell('local')} | {r['quantize_eager_us']:.0f} / {r['quantize_ef_eager_us']:.0f} / "
+              f"{r['dequant_sum_eager_us']:.0f} / {r.get('local_eager_us', 0):.0f} |")
     print("\n| message | pair copy (same tiling) | quantize, no outliers | quantize, IEEE division per value |")
     print("|---|---|---|---|")
     for r in res["rows"]:

@@ -23,6 +23,7 @@ import torch
 try:
     import triton
     from triton import knobs as _knobs
+    from triton.runtime import driver as _driver
 except ImportError:  # CPU-only installs, or a Triton without knobs: the JIT path only
     triton = None
     _knobs = None
@@ -51,8 +52,8 @@ class Launcher:
         ck = self._compiled.get(key) if _direct else None
         if ck is not None:
             try:
-                dev = args[0].device
-                stream = torch.cuda.current_stream(dev).cuda_stream
+                # the stream the JIT would use: the current device's current stream (raw handle, cheap)
+                stream = _driver.active.get_current_stream(_driver.active.get_current_device())
                 enter, exit_ = _knobs.runtime.launch_enter_hook, _knobs.runtime.launch_exit_hook
                 meta = ck.launch_metadata(grid, stream, *args) if enter is not None or exit_ is not None else None
                 ck.run(grid[0], grid[1], grid[2], stream, ck.function, ck.packed_metadata, meta, enter, exit_,

@@ -69,8 +69,9 @@ class QuantCommConfig:
     mode: str = "one_shot"         # or "two_shot"
     min_bytes: int | None = None   # None: default_min_bytes() of the device (measured)
     use_triton: bool | None = None  # None: Triton kernels on CUDA, torch reference elsewhere
-    block_g: int = 4               # groups per Triton program and warps: fastest on an H100 (bench/tp_kernels.py)
-    num_warps: int = 2
+    block_g: int | None = None     # Triton tile (groups x rows per program) and warps; None: whole rows,
+    block_r: int | None = None     # qp.TILE_GROUPS groups per program (fastest on an H100: bench/tp_kernels.py)
+    num_warps: int = qp.NUM_WARPS
     error_feedback: bool = True    # carry each rank's quantization error to the next site (module doc)
     chunks: int = 1                # one-shot pipeline: quantize / all-gather / dequant of row chunks overlap
     chunk_min_bytes: int = 16 << 20  # fewer chunks than `chunks` when they would be smaller than this
@@ -180,13 +181,14 @@ class QuantAllReduce:
         self.cfg = cfg
         self.calib = calib
         self.group = group
-        self._sites: dict[tuple[str, int, str], _Site] = {}
+        self._sites: dict[tuple[str, int, torch.device], _Site] = {}
         self._min_bytes = cfg.min_bytes
         self._order: dict[str, int] = {}   # site -> position in the forward pass (first seen order)
         self._last = -1                    # position of the previous quantized site
         self._err: torch.Tensor | None = None  # this rank's error of the previous site (error feedback)
         self._valid = False                # whether _err holds the previous site's error
-        self._bufs: dict[tuple, torch.Tensor] = {}  # all-gather targets, reused across calls
+        self._bufs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # all-gather targets, reused
+        self._world: tuple[int, int] | None = None  # (size, rank) of the group, read once
 
     def min_bytes(self, device: torch.device) -> int:
         """Messages of at least this many bytes take the low-bit path."""
@@ -196,7 +198,7 @@ class QuantAllReduce:
         return self._min_bytes
 
     def _site(self, site: str, hidden: int, device: torch.device) -> _Site:
-        key = (site, hidden, str(device))
+        key = (site, hidden, device)
         s = self._sites.get(key)
         if s is None:
             k = self.cfg.n_outliers(hidden)
@@ -220,7 +222,7 @@ class QuantAllReduce:
         """One rank's message for x2 [N, H]; with err, error feedback (read unless not err_in, then written)."""
         if self._triton(x2):
             return qp.quantize_pack(x2, s.idx, s.slots, self.cfg.group_size, out=out, block_g=self.cfg.block_g,
-                                    err=err, err_in=err_in, num_warps=self.cfg.num_warps)
+                                    err=err, err_in=err_in, num_warps=self.cfg.num_warps, block_r=self.cfg.block_r)
         return qp.quantize_pack_ref(x2, s.idx_long, self.cfg.group_size, out=out, err=err, err_in=err_in)
 
     def dequant_sum(self, bufs: torch.Tensor, lay: qp.Layout, s: _Site, dtype: torch.dtype,
@@ -228,22 +230,30 @@ class QuantAllReduce:
         """Sum of the W messages in bufs [W, lay.total], as [N, H] of dtype (into out if given)."""
         if self._triton(bufs):
             return ds.dequant_sum(bufs, lay, s.idx, s.slots, out_dtype=dtype, out=out, block_g=self.cfg.block_g,
-                                  num_warps=self.cfg.num_warps)
+                                  num_warps=self.cfg.num_warps, block_r=self.cfg.block_r)
         res = ds.dequant_sum_ref(bufs, lay, s.idx_long, out_dtype=dtype)
         if out is not None:
             out.copy_(res)
             return out
         return res
 
-    def _buffer(self, tag: str, w: int, nbytes: int, device: torch.device) -> torch.Tensor:
+    def _buffer(self, tag: str, w: int, nbytes: int, device: torch.device,
+                rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """A cached [w, nbytes] gather buffer and its row `rank` (views cost host time too)."""
         # reuse is safe: the next collective into it is stream-ordered after this call's kernels
-        key = (tag, w, nbytes, str(device))
+        key = (tag, w, nbytes, device, rank)
         b = self._bufs.get(key)
         if b is None:
             if len(self._bufs) > 32:  # many shapes (prefill buckets): keep the cache small
                 self._bufs.clear()
-            b = self._bufs[key] = torch.empty(w, nbytes, dtype=torch.uint8, device=device)
+            t = torch.empty(w, nbytes, dtype=torch.uint8, device=device)
+            b = self._bufs[key] = (t, t[rank])
         return b
+
+    def _group(self) -> tuple[int, int]:
+        if self._world is None:
+            self._world = (dist.get_world_size(self.group), dist.get_rank(self.group))
+        return self._world
 
     def _feedback(self, site: str, x2: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
         """(error buffer, whether it holds the previous site's error) for this call."""
@@ -265,11 +275,16 @@ class QuantAllReduce:
         self._valid = False
 
     def __call__(self, x: torch.Tensor, site: str) -> torch.Tensor:
-        """Sum x over the group with low-bit messages; returns a new tensor of x's shape and dtype."""
+        """Sum x over the group with low-bit messages, in place like a plain all-reduce: the result
+        overwrites x (or its contiguous copy, when x is not viewable as rows) and is returned.
+
+        Capturable in a CUDA graph once warm (one call per shape before capture allocates the
+        buffers): no host syncs, no allocations, a fixed sequence of launches.
+        """
         shape, h = x.shape, x.shape[-1]
         x2 = x.reshape(-1, h)
         s = self._site(site, h, x.device)
-        w = dist.get_world_size(self.group)
+        w, rank = self._group()
         err, carry = self._feedback(site, x2)
         if self.cfg.mode == "two_shot" and x2.shape[0] >= w:
             return self._two_shot(x2, s, w, err, carry).view(shape)
@@ -278,28 +293,28 @@ class QuantAllReduce:
         if c > 1:
             return self._pipelined(x2, s, w, err, carry, c).view(shape)
         lay = qp.layout(n, h, self.cfg.group_size, s.idx.numel())
-        bufs = self._buffer("one", w, lay.total, x.device)
-        rank = dist.get_rank(self.group)
+        bufs, mine = self._buffer("one", w, lay.total, x.device, rank)
         # quantize straight into this rank's slot of the gather buffer (in-place all-gather)
-        mine = self.quantize(x2, s, out=bufs[rank], err=err, err_in=carry)
+        self.quantize(x2, s, out=mine, err=err, err_in=carry)
         _gather(bufs.view(-1), mine, group=self.group)
-        return self.dequant_sum(bufs, lay, s, x.dtype).view(shape)
+        # x2 has been consumed by the quantize kernel (stream order): the sum goes into it
+        return self.dequant_sum(bufs, lay, s, x.dtype, out=x2).view(shape)
 
     def _pipelined(self, x2: torch.Tensor, s: _Site, w: int, err: torch.Tensor | None, carry: bool,
                    c: int) -> torch.Tensor:
         """One-shot over c row chunks: chunk i+1 is quantized while chunk i's all-gather runs, and
         chunk i is dequantized while later all-gathers run (NCCL has its own stream)."""
         n, h = x2.shape
-        rank = dist.get_rank(self.group)
-        out = torch.empty_like(x2)
+        rank = self._group()[1]
+        out = x2  # chunk i's sum lands after every chunk's quantize read its rows (stream order)
         step = -(-n // c)
         pending = []
         for i, a in enumerate(range(0, n, step)):
             b = min(n, a + step)
             lay = qp.layout(b - a, h, self.cfg.group_size, s.idx.numel())
-            bufs = self._buffer(f"chunk{i}", w, lay.total, x2.device)
+            bufs, mine = self._buffer(f"chunk{i}", w, lay.total, x2.device, rank)
             e = None if err is None else err[a:b]
-            mine = self.quantize(x2[a:b], s, out=bufs[rank], err=e, err_in=carry)
+            self.quantize(x2[a:b], s, out=mine, err=e, err_in=carry)
             pending.append((a, b, lay, bufs, _gather(bufs.view(-1), mine, group=self.group, async_op=True)))
         for a, b, lay, bufs, work in pending:
             work.wait()
@@ -322,7 +337,7 @@ class QuantAllReduce:
         recv = torch.empty_like(send)
         dist.all_to_all_single(recv.view(-1), send.view(-1), group=self.group)
         chunk = self.dequant_sum(recv, lay, s, torch.float32)
-        rank = dist.get_rank(self.group)
+        rank = self._group()[1]
         e2 = None if err is None else torch.empty_like(chunk)
         mine = self.quantize(chunk, s, err=e2, err_in=False)
         if e2 is not None:  # the second quantization's error is this rank's to correct as well

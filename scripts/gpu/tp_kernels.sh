@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Quantized all-reduce kernels on ONE GPU (nvidia-h100-x1, ~3 min): the CUDA kernel tests, then
+# Quantized all-reduce kernels on ONE GPU (nvidia-h100-x1, ~3-4 min): the CUDA kernel and CUDA-graph tests, then
 # bench/tp_kernels.py (quantize+pack, quantize with error feedback, dequant+sum of 2 messages; 8 KB-128 MB;
-# GPU time from CUDA graphs, eager time per call, GB/s against a measured torch copy; config sweep).
+# GPU time from CUDA graphs, eager time per call, GB/s against a measured torch copy; tile/warps sweep).
 # Usage (repo root): bash scripts/gpu/tp_kernels.sh     Results: $OUT/tp_kernels/{kernels.json,log.txt,...}
 # Carried wheels (tests only): .whl/pytest-*.whl .whl/pluggy-*.whl .whl/iniconfig-*.whl .whl/pygments-*.whl
 # CPU smoke test: SMOKE=1 OUT=/tmp/o bash scripts/gpu/tp_kernels.sh   (Triton interpreter, tiny sizes)
@@ -26,8 +26,9 @@ main() {
     export TRITON_INTERPRET=1
     step bench 300 python3 bench/tp_kernels.py --device cpu --out "$D/kernels.json"
   else
-    step kernel_tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/llm/test_kernels_quant.py
-    step bench 300 python3 bench/tp_kernels.py --device cuda --out "$D/kernels.json"
+    step kernel_tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/llm/test_kernels_quant.py \
+      tests/llm/test_quant_comm_graph.py
+    step bench 240 python3 bench/tp_kernels.py --device cuda --out "$D/kernels.json"
   fi
   echo "== done t=${SECONDS}s"; ls -la "$D"
 }

@@ -30,7 +30,7 @@ def _case(n, h, k, dtype, device, seed):
     return x.to(dtype).to(device), idx.to(torch.int32).to(device)
 
 
-def _check(qp, ds, n, h, group, k, dtype, device, seed, world=3, block_g=2):
+def _check(qp, ds, n, h, group, k, dtype, device, seed, world=3, block_g=2, block_r=None):
     xs, bufs = [], []
     lay = qp.layout(n, h, group, k)
     for r in range(world):
@@ -41,7 +41,7 @@ def _check(qp, ds, n, h, group, k, dtype, device, seed, world=3, block_g=2):
             x = (x.float() * torch.rand(n, 1, device=device) + r).to(dtype)
         xs.append(x)
         ref = qp.quantize_pack_ref(x, idx.long(), group)
-        got = qp.quantize_pack(x, idx, slots, group, block_g=block_g)
+        got = qp.quantize_pack(x, idx, slots, group, block_g=block_g, block_r=block_r)
         rp, rs, ro = qp.views(ref, lay)
         gp, gs, go = qp.views(got, lay)
         torch.testing.assert_close(gp, rp, rtol=0, atol=0)
@@ -52,7 +52,7 @@ def _check(qp, ds, n, h, group, k, dtype, device, seed, world=3, block_g=2):
     stacked = torch.stack(bufs)
     ref_sum = ds.dequant_sum_ref(stacked, lay, idx.long())
     for out_dtype in (torch.float32, dtype):
-        got_sum = ds.dequant_sum(stacked, lay, idx, slots, out_dtype=out_dtype, block_g=block_g)
+        got_sum = ds.dequant_sum(stacked, lay, idx, slots, out_dtype=out_dtype, block_g=block_g, block_r=block_r)
         # fused multiply-adds on the GPU may differ from the reference in the last bits, which can move
         # a bf16 output by one unit in the last place (up to 2^-7 relative)
         tol = 1e-5 if out_dtype == torch.float32 else 2 ** -7
@@ -66,7 +66,7 @@ def _check(qp, ds, n, h, group, k, dtype, device, seed, world=3, block_g=2):
     assert err <= bound
 
 
-def _check_error_feedback(qp, n, h, group, k, dtype, device, seed, block_g=2):
+def _check_error_feedback(qp, n, h, group, k, dtype, device, seed, block_g=2, block_r=None):
     """Two chained quantizations with an error buffer: the reference's codes, a self-consistent error."""
     x, idx = _case(n, h, k, dtype, device, seed)
     x2, _ = _case(n, h, k, dtype, device, seed + 1)
@@ -78,7 +78,7 @@ def _check_error_feedback(qp, n, h, group, k, dtype, device, seed, block_g=2):
         ref = qp.quantize_pack_ref(xx, idx.long(), group, err=e_ref, err_in=step > 0)
         if step:  # both quantize the same x - err
             e_got.copy_(e_in)
-        got = qp.quantize_pack(xx, idx, slots, group, block_g=block_g, err=e_got, err_in=step > 0)
+        got = qp.quantize_pack(xx, idx, slots, group, block_g=block_g, block_r=block_r, err=e_got, err_in=step > 0)
         (gp, gs, go), (rp, rs, ro) = qp.views(got, lay), qp.views(ref, lay)
         torch.testing.assert_close(gp, rp, rtol=0, atol=0)
         torch.testing.assert_close(gs, rs, rtol=0, atol=0)
@@ -106,6 +106,9 @@ def _interpreted_cases() -> None:
         for dtype in (torch.float32, torch.bfloat16):
             _check(qp, ds, n, h, group, k, dtype, "cpu", seed=n * h)
             _check_error_feedback(qp, n, h, group, k, dtype, "cpu", seed=n + h)
+    # the default tiles (whole rows, several rows per program), rows not a multiple of the tile
+    _check(qp, ds, 11, 512, 128, 8, torch.bfloat16, "cpu", seed=7, block_g=None)
+    _check_error_feedback(qp, 11, 512, 128, 8, torch.bfloat16, "cpu", seed=8, block_g=None)
     print("interpreted kernels ok")
 
 
@@ -162,6 +165,8 @@ def test_kernels_match_reference_cuda(n, h, group, k):
     import llm.kernels.quantize_pack as qp
 
     for dtype in (torch.float32, torch.bfloat16):
-        for block_g in (1, 8):
-            _check(qp, ds, n, h, group, k, dtype, "cuda", seed=n + h, block_g=block_g)
-        _check_error_feedback(qp, n, h, group, k, dtype, "cuda", seed=n * h, block_g=4)
+        # the default tile (whole rows of up to 32 groups), one group, a few groups of several rows
+        for block_r, block_g in ((None, None), (1, 1), (4, 8)):
+            _check(qp, ds, n, h, group, k, dtype, "cuda", seed=n + h, block_g=block_g, block_r=block_r)
+        for block_g in (None, 4):
+            _check_error_feedback(qp, n, h, group, k, dtype, "cuda", seed=n * h, block_g=block_g)
