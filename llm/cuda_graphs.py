@@ -16,7 +16,7 @@ import logging
 import torch
 
 from llm.moe import MoE
-from llm.sampling import SamplingParams, greedy_tokens, row_params, sample_tokens, vocab_hash
+from llm.sampling import SamplingParams, draw_tokens, greedy_tokens, row_params, sample_tokens, vocab_hash
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +68,16 @@ class DecodeGraphs:
         # batch-1 GEMVs into fused Triton reductions (1.1B on an H100: 1.42 -> 1.32 ms per step,
         # but ~50 s instead of ~15 s of compile per bucket; issue #6)
         self.fn = model
-        self.sample_fn = sample_tokens
+        self.draw_fn = draw_tokens
         self.tuned = compile == "tuned"
         if compile:
             import torch._dynamo
 
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
             self.fn = torch.compile(model, dynamic=False, fullgraph=True)
-            # the sampler is ~60 elementwise ops over [B, V] (the hash): one fused kernel compiled
-            self.sample_fn = torch.compile(sample_tokens, dynamic=False, fullgraph=True)
+            # the draw is ~60 elementwise ops over [B, V] (the hash) and two argmaxes: a few fused
+            # kernels compiled (eager at b8 they cost ~0.3 ms of int64 temporaries per step)
+            self.draw_fn = torch.compile(draw_tokens, dynamic=False, fullgraph=True)
             model.set_decode_sum_attention(True)
         self.max_batch = max_batch
         self.cache_len = cache_len
@@ -131,7 +132,7 @@ class DecodeGraphs:
         def fwd():
             logits = self.fn(tok, pos, None, kv_len=kv)[:, -1]  # [B, V]
             if sampling:
-                nxt = self.sample_fn(logits, ints, fbuf, self.table, seen, truncate)
+                nxt = sample_tokens(logits, ints, fbuf, self.table, seen, truncate, self.draw_fn)
                 mark = nxt[:, None]
                 seen.scatter_(1, mark, seen.gather(1, mark) | active.bool())  # parked rows mark nothing
                 ints[0].add_(active[:, 0])  # the index of the next token drawn

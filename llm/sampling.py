@@ -166,21 +166,28 @@ def greedy_tokens(logits: Tensor) -> Tensor:
     return (best * chunk + idx.gather(-1, best)).squeeze(-1)
 
 
+def draw_tokens(logits: Tensor, x: Tensor, ints: Tensor, floats: Tensor, table: Tensor) -> Tensor:
+    """The draw of `sample_tokens`: Gumbel-max on the warped logits `x` [B, V] for sampled rows, the
+    argmax of `logits` for greedy ones. All elementwise and reductions: what the graphs compile
+    (inductor's split scan for the top-p cumsum over [8, 128k] failed to generate code on an H100
+    with torch 2.11, so the warping stays eager)."""
+    drawn = greedy_tokens(x + gumbel_noise(ints[1], ints[0], table))
+    return torch.where(floats[0] > 0, drawn, greedy_tokens(logits))
+
+
 def sample_tokens(logits: Tensor, ints: Tensor, floats: Tensor, table: Tensor, seen: Tensor | None = None,
-                  truncate: bool = True) -> Tensor:
+                  truncate: bool = True, draw=draw_tokens) -> Tensor:
     """One token per row of `logits` [B, V] (fp32): the sampler of the host and of the graphs.
 
     Args: ints: [3, B] int64 rows (n, seed key, top_k) and floats: [3, B] fp32 rows (temperature,
     1 - top_p, repetition penalty), as `row_params` lays them out; table: `vocab_hash(V)`; seen:
-    [B, V] bool ids to penalise (None: no penalty); truncate: whether any row uses top-k/top-p.
+    [B, V] bool ids to penalise (None: no penalty); truncate: whether any row uses top-k/top-p;
+    draw: `draw_tokens` or a compiled version of it.
     """
-    n, keys, top_k = ints[0], ints[1], ints[2]
-    temperature, min_cum, penalty = floats[0], floats[1], floats[2]
     if seen is not None:
-        logits = penalize(logits, seen, penalty)
-    x = warp_rows(logits, temperature, top_k, min_cum, truncate)
-    drawn = greedy_tokens(x + gumbel_noise(keys, n, table))
-    return torch.where(temperature > 0, drawn, greedy_tokens(logits))
+        logits = penalize(logits, seen, floats[2])
+    x = warp_rows(logits, floats[0], ints[2], floats[1], truncate)
+    return draw(logits, x, ints, floats, table)
 
 
 def row_params(params: list[SamplingParams], keys: list[int], steps: list[int]) -> tuple[list, list]:

@@ -9,6 +9,7 @@
 # Carried wheels (pytest only): .whl/pytest-9.0.3 pluggy-1.6.0 iniconfig-2.3.0 pygments-2.20.0
 # packaging-26.2. About 5.5 min on one H100 (budget 330 s: tests <= 100 s, bench the rest).
 #   bash scripts/gpu/llm_decode_verify.sh                     # writes $OUT/llm_decode_verify/
+#   QUICK=1 bash scripts/gpu/llm_decode_verify.sh             # ~4 min: sampling tests only, no transformers
 #   SMOKE=1 OUT=/tmp/o bash scripts/gpu/llm_decode_verify.sh  # tiny shapes on CPU, to test the script
 set -uo pipefail
 NAME=llm_decode_verify
@@ -16,7 +17,11 @@ OUT_DIR="${OUT:-/tmp/out}/$NAME"
 mkdir -p "$OUT_DIR"
 export PYTHONPATH="$PWD:$PWD/protos${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
-BUDGET=${BUDGET:-330}
+QUICK=${QUICK:-0}
+BUDGET=${BUDGET:-$([ "$QUICK" = 1 ] && echo 240 || echo 330)}
+TEST_SEL=()
+EXTRA=()
+if [ "$QUICK" = 1 ]; then TEST_SEL=(-k sampling); EXTRA=(--no-hf --reps 1); fi
 # shellcheck source=scripts/gpu/steps.sh
 source scripts/gpu/steps.sh
 install_test_wheels
@@ -39,11 +44,11 @@ fi
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__)"
   git rev-parse --short HEAD 2>/dev/null || true
 
-  step tests "$TEST_LIMIT" python3 -m pytest -v -p no:cacheprovider -o addopts="" -rfE --tb=short -m gpu \
+  step tests "$TEST_LIMIT" python3 -m pytest -v -p no:cacheprovider -o addopts="" -rfE --tb=short -m gpu "${TEST_SEL[@]}" \
     --durations=8 tests/llm/test_engine*.py tests/llm/test_cuda_graphs*.py > "$OUT_DIR/tests.txt" 2>&1
   grep -E "^== |PASSED|FAILED|ERROR|SKIPPED|passed|failed|error|skipped|no tests ran" "$OUT_DIR/tests.txt" | tail -n 40
 
-  step bench "$((BUDGET - SECONDS - 5))" python3 bench/llm_engine.py "${BENCH_ARGS[@]}" \
+  step bench "$((BUDGET - SECONDS - 5))" python3 bench/llm_engine.py "${BENCH_ARGS[@]}" "${EXTRA[@]}" \
     --out "$OUT_DIR/llm_engine.json" --workdir /tmp/llm_bench_models 2>&1 | grep -v "Loading weights\|Writing model"
   date -u
 } 2>&1 | tee "$OUT_DIR/log.txt"
