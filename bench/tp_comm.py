@@ -23,7 +23,6 @@ import torch
 import torch.distributed as dist
 from tp_common import median_max_over_ranks, tp_parser, write_json  # bench/ is the script's directory
 
-from llm.kernels import dequant_sum as ds
 from llm.kernels import quantize_pack as qp
 from llm.parallel import comm
 from llm.parallel.quant_comm import Calibration, QuantAllReduce, QuantCommConfig
@@ -119,27 +118,11 @@ def main() -> None:
         sizes.append(b)
         b *= 2
     cal = fake_calibration(w)
-    block_g = QuantCommConfig().block_g
-    if dev.type == "cuda":
-        # pick the kernels' groups-per-program once, at 32 MB, on what one-shot runs: quantize with error
-        # feedback, then dequant+sum (run 3 timed quantize alone here and got a block_g bad for the error path)
-        x = torch.randn(4096, H, device=dev, dtype=dtype)
-        qa = QuantAllReduce(QuantCommConfig(min_bytes=0), cal)
-        s = qa._site("bench", H, dev)
-        err = torch.zeros_like(x)
-        lay = qp.layout(4096, H, 128, s.idx.numel())
-        b2 = torch.zeros(w, lay.total, dtype=torch.uint8, device=dev)
-
-        def both(bg):
-            qp.quantize_pack(x, s.idx, s.slots, 128, block_g=bg, err=err, out=b2[0])
-            ds.dequant_sum(b2, lay, s.idx, s.slots, out_dtype=dtype, block_g=bg)
-
-        tbest = {bg: timer(lambda bg=bg: both(bg), 10, 3, dev) for bg in (2, 4, 8, 16)}
-        block_g = min(tbest, key=tbest.get)
+    # the kernels' tiles and warps: the library defaults (bench/tp_kernels.py sweeps them on one GPU)
     quants = {
-        "one_shot": QuantAllReduce(QuantCommConfig(min_bytes=0, block_g=block_g), cal),
-        "pipelined": QuantAllReduce(QuantCommConfig(min_bytes=0, block_g=block_g, chunks=4), cal),
-        "two_shot": QuantAllReduce(QuantCommConfig(min_bytes=0, mode="two_shot", block_g=block_g), cal),
+        "one_shot": QuantAllReduce(QuantCommConfig(min_bytes=0), cal),
+        "pipelined": QuantAllReduce(QuantCommConfig(min_bytes=0, chunks=4), cal),
+        "two_shot": QuantAllReduce(QuantCommConfig(min_bytes=0, mode="two_shot"), cal),
     }
 
     def call(q, x):
@@ -148,11 +131,15 @@ def main() -> None:
     rows_out = []
     for nbytes in sizes:
         n = nbytes // (2 * H)
-        x = torch.randn(n, H, device=dev, dtype=dtype)
+        x0 = torch.randn(n, H, device=dev, dtype=dtype)
+        x = x0.clone()
         row = {"bytes": nbytes, "rows": n}
+        # every path sums in place (x doubles per call): each starts from the same values
         row["nccl_bf16_s"] = timer(lambda x=x: dist.all_reduce(x), iters, warmup, dev)
         for name, q in quants.items():
+            x.copy_(x0)
             row[f"{name}_s"] = timer(lambda x=x, q=q: call(q, x), iters, warmup, dev)
+        x.copy_(x0)
         q = quants["one_shot"]
         s = q._site("bench", H, dev)
         lay = qp.layout(n, H, 128, s.idx.numel())
@@ -182,7 +169,8 @@ def main() -> None:
         else:
             break
     res = {"tag": args.tag, "world_size": w, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda"
-           else "cpu", "torch": torch.__version__, "hidden": H, "group_size": 128, "block_g": block_g,
+           else "cpu", "torch": torch.__version__, "hidden": H, "group_size": 128,
+           "tile": [quants["one_shot"].cfg.block_r, quants["one_shot"].cfg.block_g, quants["one_shot"].cfg.num_warps],
            "bits_per_value": quants["one_shot"].bits_per_value(H),
            "nccl_p2p_disable": os.environ.get("NCCL_P2P_DISABLE", ""), "gate_min_bytes": gate,
            "smoke": smoke, "rows": rows_out}
