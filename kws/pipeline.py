@@ -56,9 +56,17 @@ def build_corpus(out: str | Path, n_train: int, n_pairs: int, n_fill: int, kw_re
         pickle.dump(train, f, protocol=5)
     info = {"train": len(train), "train_hours": sum(len(e["feats"]) for e in train) / 100 / 3600,
             "train_synth_s": round(t2 - t1, 1), "dev_synth_s": round(t1 - t0, 1), "pairs": len(pairs),
-            "fill": len(fill), "keywords": keywords, "kw_clips": len(kws), "workers": workers}
+            "fill": len(fill), "keywords": keywords, "kw_clips": len(kws), "workers": workers,
+            "train_engines": engine_counts(train)}
     (out / "corpus.json").write_text(json.dumps(info, indent=1))
     return info
+
+
+def engine_counts(examples: list[dict]) -> dict[str, int]:
+    """Training examples per TTS engine (``espeak``, ``flite``, ``kokoro`` from a pool)."""
+    from collections import Counter
+
+    return dict(Counter(e.get("voice", "").partition(":")[0] or "espeak" for e in examples))
 
 
 def evaluate(tr, dev: dict, device) -> dict:
@@ -135,6 +143,7 @@ def run_variant(cfg, corpus: str | Path, out: str | Path, device: str = "cpu", l
                     "eval_s": round(time.time() - t1, 1), "params_encoder": num_params(tr.model),
                     "params_matcher": num_params(tr.matcher), "device": device,
                     "train_examples_stored": stored, "live_examples": live.made if live else 0,
+                    "train_engines": engine_counts(train),
                     "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
                     "config": asdict(cfg)})
     thr = metrics.get("stream_threshold") or 0.5

