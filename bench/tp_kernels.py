@@ -3,6 +3,7 @@
     python3 bench/tp_kernels.py --out runs/tp_kernels.json          # one CUDA GPU, ~1-2 min
     SMOKE=1 python3 bench/tp_kernels.py --device cpu --out /tmp/k.json   # CPU, torch references
     SMOKE=1 TRITON_INTERPRET=1 python3 bench/tp_kernels.py --device cpu --out /tmp/k.json  # interpreted
+    python3 bench/tp_kernels.py --sass 90 [--tile 1,32,4]   # no GPU: compile for sm_90, count SASS ops
 
 Messages of [N, 4096] bf16 rows, 8 KB .. 128 MB, H/64 outlier channels, groups of 128. For each size
 and kernel: GPU time (CUDA events around a CUDA graph of `reps` launches: no host overhead), eager
@@ -166,13 +167,70 @@ CONFIGS = [(1, 32, 4), (1, 32, 8), (2, 32, 4), (2, 32, 8), (4, 32, 8), (1, 16, 2
 NAMES = ("quantize", "quantize_ef", "dequant_sum")
 
 
+def sass(arch: int, tile: tuple) -> None:
+    """Compile the three kernels for sm_`arch` without a GPU (Triton's bundled ptxas / nvdisasm) and print,
+    per kernel, the SASS instruction mix, the vector width of the global loads / stores and the register
+    layout conversions: what decides whether a kernel can reach bandwidth, checked before a GPU run."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from llm.kernels import launch
+
+    calls = []
+    launch.Launcher.__call__ = lambda self, key, grid, args, num_warps: calls.append((self.kernel, args, num_warps))
+    n = 64
+    _, x, idx, slots, lay, bufs, err, _ = setup(n * 2 * H, torch.device("cpu"))
+    kw = dict(block_r=tile[0], block_g=tile[1], num_warps=tile[2])
+    qp.quantize_pack(x, idx, slots, G, out=bufs[0], **kw)
+    qp.quantize_pack(x, idx, slots, G, out=bufs[0], err=err, **kw)
+    ds.dequant_sum(bufs, lay, idx, out=x, **kw)
+    types = {torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.uint8: "*u8", torch.int32: "*i32"}
+    nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    for name, (kernel, args, warps) in zip(NAMES, calls, strict=True):
+        sig, consts, attrs = {}, {}, {}
+        for i, (p, v) in enumerate(zip(kernel.params, args, strict=True)):
+            if p.is_constexpr or (isinstance(v, int) and not isinstance(v, bool) and v == 1):
+                sig[p.name], consts[p.name] = "constexpr", v  # what the JIT specializes as constants
+                continue
+            sig[p.name] = types[v.dtype] if isinstance(v, torch.Tensor) else "fp32" if isinstance(v, float) else "i32"
+            if (v.data_ptr() if isinstance(v, torch.Tensor) else v) % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        k = triton.compile(ASTSource(kernel, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
+                           options={"num_warps": warps})
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(k.asm["cubin"])
+            f.flush()
+            text = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True, check=True).stdout
+        ops: dict[str, int] = {}
+        for op in re.findall(r"\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", text):
+            base = op.split(".")[0]
+            key = op if base in ("LDG", "STG", "LDS", "STS") else base
+            ops[key] = ops.get(key, 0) + 1
+        mem = {k: v for k, v in sorted(ops.items()) if k[:3] in ("LDG", "STG", "LDS", "STS", "BAR")}
+        top = sorted(ops.items(), key=lambda t: -t[1])[:12]
+        print(f"{name}: {sum(ops.values())} instructions, {k.asm['ttgir'].count('convert_layout')} layout "
+              f"conversions, {k.metadata.shared} B shared\n  memory {mem}\n  top {top}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--sass", type=int, default=0, help="compile for this sm_ arch and print SASS stats (no GPU)")
+    ap.add_argument("--tile", default="0,0,4", help="block_r,block_g,num_warps for --sass (0: library default)")
+    ap.add_argument("--out")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--iters", type=int, default=25)
     ap.add_argument("--no-sweep", action="store_true", help="use the library defaults, skip the config sweep")
     a = ap.parse_args()
+    if a.sass:
+        sass(a.sass, tuple(int(v) or None for v in a.tile.split(",")))
+        return
+    if not a.out:
+        ap.error("--out is required")
     smoke = os.environ.get("SMOKE") == "1"
     dev = torch.device(a.device)
     cuda = dev.type == "cuda"
