@@ -44,7 +44,7 @@ if qp.triton is not None:
         r, g, j, ok, m0, m1 = qp.tile(N, PB, PB, NG, GROUP, BLOCK_R, BLOCK_G, True)
         r64 = r.to(tl.int64)[:, None]
         a, b = qp.load_pairs(x_ptr, r64 * stride, r64 * stride_w, j, m0, m1, True)
-        qp.store_pairs(o_ptr, r64 * stride, r64 * stride_w, j, a, b, m0, m1, True)
+        qp.store_pairs(o_ptr, r64 * stride, r64 * stride_w, j, a, b, m0, m1, True, qp.INTERPRET)
 
 
 def _pair_copy(x: torch.Tensor, out: torch.Tensor, cfg: tuple[int, int, int]) -> None:
@@ -109,40 +109,40 @@ def setup(nbytes: int, dev: torch.device):
     x = torch.randn(n, H, device=dev, dtype=torch.bfloat16, generator=g)
     idx = torch.randperm(H, device=dev, generator=g)[:K].sort().values.to(torch.int32)
     x[:, idx.long()] *= 30
-    slots = qp.slot_map(idx, H)
+    keep = qp.keep_map(idx, H)
     lay = qp.layout(n, H, G, K)
     bufs = torch.empty(W, lay.total, dtype=torch.uint8, device=dev)
     err = torch.zeros_like(x)
     out = torch.empty_like(x)
-    return n, x, idx, slots, lay, bufs, err, out
+    return n, x, idx, keep, lay, bufs, err, out
 
 
 def kernels(dev: torch.device, nbytes: int, cfg: dict, variants: bool = False) -> dict:
     """name -> (callable, bytes it must move) for one message size; cfg: kernel -> (block_r, block_g, warps)."""
-    n, x, idx, slots, lay, bufs, err, out = setup(nbytes, dev)
+    n, x, idx, keep, lay, bufs, err, out = setup(nbytes, dev)
     payload = lay.total
     if dev.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter: smoke tests
 
         def q(c, **kw):
-            return lambda: qp.quantize_pack(x, idx, slots, G, out=bufs[0], block_r=c[0], block_g=c[1],
+            return lambda: qp.quantize_pack(x, idx, keep, G, out=bufs[0], block_r=c[0], block_g=c[1],
                                             num_warps=c[2], **kw)
 
         cq, ce, cd = cfg["quantize"], cfg["quantize_ef"], cfg["dequant_sum"]
         q(cq)()
-        qp.quantize_pack(x, idx, slots, G, out=bufs[1], block_r=cq[0], block_g=cq[1], num_warps=cq[2])
+        qp.quantize_pack(x, idx, keep, G, out=bufs[1], block_r=cq[0], block_g=cq[1], num_warps=cq[2])
         if variants:  # what the kernels' time is made of: a copy with the same tiling, no outliers, division
             none = idx[:0]
             b0 = torch.empty(qp.layout(n, H, G, 0).total, dtype=torch.uint8, device=dev)
             return {
                 "pair_copy": (lambda: _pair_copy(x, out, cq), 4 * x.numel()),
-                "quantize_no_outliers": (lambda: qp.quantize_pack(x, none, slots, G, out=b0, block_r=cq[0],
+                "quantize_no_outliers": (lambda: qp.quantize_pack(x, none, keep, G, out=b0, block_r=cq[0],
                                                                   block_g=cq[1], num_warps=cq[2]),
                                          2 * x.numel() + payload),
                 "quantize_exact_div": (q(cq, exact_div=True), 2 * x.numel() + payload),
             }
 
         def local():  # the kernels of one one-shot all-reduce of 2 ranks, the sum written in place
-            qp.quantize_pack(x, idx, slots, G, out=bufs[0], err=err, block_r=ce[0], block_g=ce[1], num_warps=ce[2])
+            qp.quantize_pack(x, idx, keep, G, out=bufs[0], err=err, block_r=ce[0], block_g=ce[1], num_warps=ce[2])
             ds.dequant_sum(bufs, lay, idx, out=x, block_r=cd[0], block_g=cd[1], num_warps=cd[2])
 
         return {
@@ -184,10 +184,10 @@ def sass(arch: int, tile: tuple) -> None:
     calls = []
     launch.Launcher.__call__ = lambda self, key, grid, args, num_warps: calls.append((self.kernel, args, num_warps))
     n = 64
-    _, x, idx, slots, lay, bufs, err, _ = setup(n * 2 * H, torch.device("cpu"))
+    _, x, idx, keep, lay, bufs, err, _ = setup(n * 2 * H, torch.device("cpu"))
     kw = dict(block_r=tile[0], block_g=tile[1], num_warps=tile[2])
-    qp.quantize_pack(x, idx, slots, G, out=bufs[0], **kw)
-    qp.quantize_pack(x, idx, slots, G, out=bufs[0], err=err, **kw)
+    qp.quantize_pack(x, idx, keep, G, out=bufs[0], **kw)
+    qp.quantize_pack(x, idx, keep, G, out=bufs[0], err=err, **kw)
     ds.dequant_sum(bufs, lay, idx, out=x, **kw)
     types = {torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.uint8: "*u8", torch.int32: "*i32"}
     nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from llm.kernels.launch import Launcher, aligned
-from llm.kernels.quantize_pack import NUM_WARPS, Layout, block_k, pairable, tile_shape, views
+from llm.kernels.quantize_pack import INTERPRET, NUM_WARPS, Layout, block_k, pairable, tile_shape, views
 
 try:
     import triton
@@ -52,7 +52,7 @@ if triton is not None:
     def _dequant_sum_kernel(buf_ptr, idx_ptr, out_ptr, RANK_BYTES, N, PB, H2, NG, K, OFF_S, OFF_O, stride_o,
                             stride_ow, W: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
                             BLOCK_K: tl.constexpr, PAIRED: tl.constexpr, EVEN: tl.constexpr,
-                            HAS_OUTL: tl.constexpr):
+                            HAS_OUTL: tl.constexpr, INTERP: tl.constexpr):
         # One program: BLOCK_R rows x BLOCK_G groups of every rank's message, accumulated in fp32 and
         # written once. Channels are held as pairs (2j, 2j+1): a byte's two nibbles stay in one lane.
         # stride_o in elements, stride_ow in 32-bit words (PAIRED); OFF_S / OFF_O in bytes.
@@ -71,7 +71,8 @@ if triton is not None:
             acc1 += ((b >> 4) - 8).to(tl.float32) * scf
             base += RANK_BYTES  # a 64-bit pointer: no overflow past 2 GB of messages
         # outlier channels carry code 8 (= 0.0) here and are overwritten below
-        store_pairs(out_ptr, r64[:, None] * stride_o, r64[:, None] * stride_ow, j, acc0, acc1, m0, m1, PAIRED)
+        store_pairs(out_ptr, r64[:, None] * stride_o, r64[:, None] * stride_ow, j, acc0, acc1, m0, m1, PAIRED,
+                    INTERP)
         if HAS_OUTL:
             # the outlier channels of this tile: the K bf16 slots summed over ranks as one [BLOCK_R, BLOCK_K]
             # vector, scattered after every lane's store above (same words: barrier first)
@@ -92,12 +93,12 @@ if triton is not None:
     _launch = Launcher(_dequant_sum_kernel)
 
 
-def dequant_sum(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor, slots: torch.Tensor | None = None,
+def dequant_sum(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor, keep: torch.Tensor | None = None,
                 out_dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None,
                 block_g: int | None = None, num_warps: int = NUM_WARPS, block_r: int | None = None) -> torch.Tensor:
     """Triton launcher, one kernel for groups and outlier channels: same result as `dequant_sum_ref`.
 
-    bufs is [W, lay.total] uint8, contiguous; outlier_idx int32, sorted; slots is unused (the quantize
+    bufs is [W, lay.total] uint8, contiguous; outlier_idx int32, sorted; keep is unused (the quantize
     side's signature). out ([N, H], unit stride along H) may be the tensor that was quantized: the sum
     overwrites it in place. One launch, no allocation when `out` is given, no host sync.
     """
@@ -111,7 +112,7 @@ def dequant_sum(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor, slot
     so = out.stride(0)
     k = lay.n_outliers
     br, bg = tile_shape(n, lay.n_groups, block_g, block_r)
-    meta = (w, lay.group, br, bg, block_k(k), paired, h % lay.group == 0, k > 0)
+    meta = (w, lay.group, br, bg, block_k(k), paired, h % lay.group == 0, k > 0, INTERPRET)
     key = (lay, so, out.dtype, aligned(bufs), aligned(out), num_warps) + meta
     grid = (triton.cdiv(n, br), triton.cdiv(lay.n_groups, bg), 1)
     _launch(key, grid, (bufs, outlier_idx, out, lay.total, n, lay.packed_bytes, h // 2, lay.n_groups, k,

@@ -12,10 +12,10 @@ Wire format of one message of N rows x H channels (one flat uint8 buffer, see `l
 Outlier channels are zeroed before the group absmax, so their 4-bit code is 0 and they cost
 4 bits of padding each (K = H/64 gives 1/16 bit per value): the price of keeping every load and
 store contiguous instead of gathering inliers through a permutation. The outlier indices are
-fixed by calibration and never travel. The kernels mark outlier channels with a static `slot_map()`
-(one int32 per channel pair: slot + 1 of the even channel in the low 16 bits, of the odd one in the
-high 16 bits, 0 for inliers: one contiguous load serves a pair) and move the outlier values as one
-short vector of the K slots per program.
+fixed by calibration and never travel. The kernels mark outlier channels with a static `keep_map()`
+(one int32 per channel pair, 0xFFFF in the half of each inlier channel, 0 in the half of an outlier:
+one contiguous load serves a pair, and an AND of the raw bf16 pair zeroes the outliers) and move the
+outlier values as one short vector of the K slots per program.
 
 Error feedback (optional, `err`): the rank quantizes x - err instead of x and then overwrites err with
 its new quantization error, dequant(message) - (x - err). The caller passes the same err buffer to the
@@ -105,15 +105,12 @@ def views(buf: torch.Tensor, lay: Layout) -> tuple[torch.Tensor, torch.Tensor, t
     return packed, scales.view(lay.rows, lay.n_groups), outl.view(lay.rows, lay.n_outliers)
 
 
-def slot_map(outlier_idx: torch.Tensor, hidden: int) -> torch.Tensor:
-    """[ceil(H/2)] int32: for channels 2j and 2j+1, (slot + 1) of each in the low / high 16 bits, where
-    outlier channel outlier_idx[k] has slot k and every other channel 0 (no slot)."""
-    k = outlier_idx.numel()
-    if k >= 1 << 15:
-        raise ValueError(f"at most 32767 outlier channels, got {k}")
-    slot = torch.zeros(2 * ((hidden + 1) // 2), dtype=torch.int32, device=outlier_idx.device)
-    slot[outlier_idx.long()] = torch.arange(1, k + 1, dtype=torch.int32, device=outlier_idx.device)
-    return slot[0::2] | (slot[1::2] << 16)
+def keep_map(outlier_idx: torch.Tensor, hidden: int) -> torch.Tensor:
+    """[ceil(H/2)] int32: for channels 2j and 2j+1, 0xFFFF in the low / high 16 bits where the channel is
+    an inlier and 0 where it is one of the outlier channels (a bit mask of a pair of bf16 channels)."""
+    keep = torch.full((2 * ((hidden + 1) // 2),), 0xFFFF, dtype=torch.int32, device=outlier_idx.device)
+    keep[outlier_idx.long()] = 0
+    return keep[0::2] | (keep[1::2] << 16)
 
 
 def quantize_pack_ref(x: torch.Tensor, outlier_idx: torch.Tensor, group: int, out: torch.Tensor | None = None,
@@ -176,12 +173,22 @@ if triton is not None:
         return a, b
 
     @triton.jit
-    def store_pairs(ptr, row_off, row_off_w, j, a, b, m0, m1, PAIRED: tl.constexpr):
-        """Store fp32 a, b into channels 2j, 2j+1 of ptr's dtype; PAIRED: as one 32-bit word of two bf16."""
-        if PAIRED:
+    def pack_bf16x2(a, b, INTERP: tl.constexpr):
+        """fp32 a, b rounded to bf16 (nearest even) as one 32-bit word, a in the low half."""
+        if INTERP:
             lo = a.to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32) & 65535
             hi = b.to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32) << 16
-            tl.store(ptr.to(tl.pointer_type(tl.int32), bitcast=True) + row_off_w + j, lo | hi, mask=m0)
+            return lo | hi
+        else:  # one instruction instead of two conversions and the shifts / masks that merge them
+            return tl.inline_asm_elementwise("cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,f,f", [a, b], dtype=tl.int32,
+                                             is_pure=True, pack=1)
+
+    @triton.jit
+    def store_pairs(ptr, row_off, row_off_w, j, a, b, m0, m1, PAIRED: tl.constexpr, INTERP: tl.constexpr):
+        """Store fp32 a, b into channels 2j, 2j+1 of ptr's dtype; PAIRED: as one 32-bit word of two bf16."""
+        if PAIRED:
+            tl.store(ptr.to(tl.pointer_type(tl.int32), bitcast=True) + row_off_w + j, pack_bf16x2(a, b, INTERP),
+                     mask=m0)
         else:
             tl.store(ptr + row_off + 2 * j, a.to(ptr.dtype.element_ty), mask=m0)
             tl.store(ptr + row_off + 2 * j + 1, b.to(ptr.dtype.element_ty), mask=m1)
@@ -216,7 +223,7 @@ if triton is not None:
         return r, g, j, ok, m0, m1
 
     @triton.jit
-    def _quantize_pack_kernel(x_ptr, e_ptr, slot_ptr, idx_ptr, buf_ptr, N, PB, H2, NG, K, stride_x, stride_xw,
+    def _quantize_pack_kernel(x_ptr, e_ptr, keep_ptr, idx_ptr, buf_ptr, N, PB, H2, NG, K, stride_x, stride_xw,
                               stride_e, stride_ew, OFF_S, OFF_O, INV_Q,
                               GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
                               BLOCK_K: tl.constexpr, PAIRED: tl.constexpr, EVEN: tl.constexpr,
@@ -242,19 +249,39 @@ if triton is not None:
             tl.store(ol_ptr + rk64 * K + kk[None, :], vb, mask=mo)
         r, g, j, ok, m0, m1 = tile(N, PB, H2, NG, GROUP, BLOCK_R, BLOCK_G, EVEN)
         r64 = r.to(tl.int64)[:, None]
-        x0, x1 = load_pairs(x_ptr, r64 * stride_x, r64 * stride_xw, j, m0, m1, PAIRED)
-        if ERR_IN:
-            e0, e1 = load_pairs(e_ptr, r64 * stride_e, r64 * stride_ew, j, m0, m1, PAIRED)
-            x0 -= e0
-            x1 -= e1
-        if HAS_OUTL:  # outlier channels leave their group (code 0)
-            sp = tl.load(slot_ptr + j, mask=m0, other=0)
-            i0 = tl.where((sp & 65535) != 0, 0.0, x0)
-            i1 = tl.where((sp >> 16) != 0, 0.0, x1)
-        else:
+        # i0, i1: channels 2j, 2j+1 of x - err with the outlier channels zeroed (they leave their group,
+        # code 0); x0, x1: the same where the error of an outlier lane is not needed (overwritten below)
+        if HAS_OUTL:
+            keep = tl.load(keep_ptr + j, mask=m0, other=0)
+        if PAIRED:  # an AND of the raw bf16 pair zeroes the outliers of x and err alike
+            xw = tl.load(x_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + r64 * stride_xw + j, mask=m0, other=0)
+            if ERR_IN:
+                ew = tl.load(e_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + r64 * stride_ew + j, mask=m0,
+                             other=0)
+            if HAS_OUTL:
+                xw = xw & keep
+                if ERR_IN:
+                    ew = ew & keep
+            x0 = (xw << 16).to(tl.float32, bitcast=True)
+            x1 = (xw & -65536).to(tl.float32, bitcast=True)
+            if ERR_IN:
+                x0 -= (ew << 16).to(tl.float32, bitcast=True)
+                x1 -= (ew & -65536).to(tl.float32, bitcast=True)
             i0 = x0
             i1 = x1
-        amax = tl.maximum(tl.max(tl.abs(i0), axis=1), tl.max(tl.abs(i1), axis=1))
+        else:
+            x0, x1 = load_pairs(x_ptr, r64 * stride_x, r64 * stride_xw, j, m0, m1, PAIRED)
+            if ERR_IN:
+                e0, e1 = load_pairs(e_ptr, r64 * stride_e, r64 * stride_ew, j, m0, m1, PAIRED)
+                x0 -= e0
+                x1 -= e1
+            if HAS_OUTL:
+                i0 = tl.where((keep & 65535) == 0, 0.0, x0)
+                i1 = tl.where((keep >> 16) == 0, 0.0, x1)
+            else:
+                i0 = x0
+                i1 = x1
+        amax = tl.max(tl.maximum(tl.abs(i0), tl.abs(i1)), axis=1)
         sc = tl.minimum(amax * INV_Q, 65504.0).to(tl.float16)
         tl.store(sc_ptr + r.to(tl.int64) * NG + g, sc, mask=ok)
         scf = sc.to(tl.float32)
@@ -289,7 +316,7 @@ if triton is not None:
             d1 = tl.fma(c1.to(tl.float32), scf[:, None], -x1)
             if HAS_OUTL:  # other lanes' outlier pass above read the old error here
                 tl.debug_barrier()
-            store_pairs(e_ptr, r64 * stride_e, r64 * stride_ew, j, d0, d1, m0, m1, PAIRED)
+            store_pairs(e_ptr, r64 * stride_e, r64 * stride_ew, j, d0, d1, m0, m1, PAIRED, INTERP)
             if HAS_OUTL:  # outliers travel as bf16: their error is the bf16 rounding (same words as above)
                 tl.debug_barrier()
                 tl.store(e_ptr + rk64 * stride_e + idx[None, :], (vb.to(tl.float32) - v).to(e_ptr.dtype.element_ty),
@@ -319,12 +346,12 @@ def block_k(k: int) -> int:
     return max(16, triton.next_power_of_2(max(k, 1)))
 
 
-def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, slots: torch.Tensor, group: int,
+def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, keep: torch.Tensor, group: int,
                   out: torch.Tensor | None = None, block_g: int | None = None, err: torch.Tensor | None = None,
                   err_in: bool = True, num_warps: int = NUM_WARPS, exact_div: bool = EXACT_DIV,
                   block_r: int | None = None) -> torch.Tensor:
     """Triton launcher: same result as `quantize_pack_ref` (x [N, H] row-major; outlier_idx int32 sorted;
-    slots = slot_map(outlier_idx, H)). One launch, no allocation when `out` is given, no host sync.
+    keep = keep_map(outlier_idx, H)). One launch, no allocation when `out` is given, no host sync.
 
     block_r x block_g (rows x groups of `group` channels) is one program's tile (`tile_shape()`).
     """
@@ -346,6 +373,6 @@ def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, slots: torch.Tenso
     meta = (group, br, bg, block_k(k), paired, h % group == 0, ef and err_in, ef, k > 0, exact_div, INTERPRET)
     key = (n, h, sx, se, x.dtype, e.dtype, k, aligned(x), aligned(e), aligned(buf), num_warps) + meta
     grid = (triton.cdiv(n, br), triton.cdiv(lay.n_groups, bg), 1)
-    _launch(key, grid, (x, e, slots, outlier_idx, buf, n, lay.packed_bytes, h // 2, lay.n_groups, k, sx, sx // 2,
+    _launch(key, grid, (x, e, keep, outlier_idx, buf, n, lay.packed_bytes, h // 2, lay.n_groups, k, sx, sx // 2,
                         se, se // 2, lay.off_scales, lay.off_outliers, INV_QMAX) + meta, num_warps)
     return buf

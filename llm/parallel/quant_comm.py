@@ -171,7 +171,7 @@ class _Site:
     def __init__(self, idx: torch.Tensor, hidden: int, device: torch.device) -> None:
         self.idx = idx.to(device=device, dtype=torch.int32)
         self.idx_long = self.idx.long()
-        self.slots = qp.slot_map(self.idx, hidden)
+        self.keep = qp.keep_map(self.idx, hidden)
 
 
 class QuantAllReduce:
@@ -221,7 +221,7 @@ class QuantAllReduce:
                  err: torch.Tensor | None = None, err_in: bool = True) -> torch.Tensor:
         """One rank's message for x2 [N, H]; with err, error feedback (read unless not err_in, then written)."""
         if self._triton(x2):
-            return qp.quantize_pack(x2, s.idx, s.slots, self.cfg.group_size, out=out, block_g=self.cfg.block_g,
+            return qp.quantize_pack(x2, s.idx, s.keep, self.cfg.group_size, out=out, block_g=self.cfg.block_g,
                                     err=err, err_in=err_in, num_warps=self.cfg.num_warps, block_r=self.cfg.block_r)
         return qp.quantize_pack_ref(x2, s.idx_long, self.cfg.group_size, out=out, err=err, err_in=err_in)
 
@@ -229,7 +229,7 @@ class QuantAllReduce:
                     out: torch.Tensor | None = None) -> torch.Tensor:
         """Sum of the W messages in bufs [W, lay.total], as [N, H] of dtype (into out if given)."""
         if self._triton(bufs):
-            return ds.dequant_sum(bufs, lay, s.idx, s.slots, out_dtype=dtype, out=out, block_g=self.cfg.block_g,
+            return ds.dequant_sum(bufs, lay, s.idx, s.keep, out_dtype=dtype, out=out, block_g=self.cfg.block_g,
                                   num_warps=self.cfg.num_warps, block_r=self.cfg.block_r)
         res = ds.dequant_sum_ref(bufs, lay, s.idx_long, out_dtype=dtype)
         if out is not None:

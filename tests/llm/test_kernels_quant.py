@@ -36,12 +36,12 @@ def _check(qp, ds, n, h, group, k, dtype, device, seed, world=3, block_g=2, bloc
     for r in range(world):
         # same calibrated outlier channels on every rank, different values
         x, idx = _case(n, h, k, dtype, device, seed)
-        slots = qp.slot_map(idx, h)
+        keep = qp.keep_map(idx, h)
         if r:
             x = (x.float() * torch.rand(n, 1, device=device) + r).to(dtype)
         xs.append(x)
         ref = qp.quantize_pack_ref(x, idx.long(), group)
-        got = qp.quantize_pack(x, idx, slots, group, block_g=block_g, block_r=block_r)
+        got = qp.quantize_pack(x, idx, keep, group, block_g=block_g, block_r=block_r)
         rp, rs, ro = qp.views(ref, lay)
         gp, gs, go = qp.views(got, lay)
         torch.testing.assert_close(gp, rp, rtol=0, atol=0)
@@ -52,7 +52,7 @@ def _check(qp, ds, n, h, group, k, dtype, device, seed, world=3, block_g=2, bloc
     stacked = torch.stack(bufs)
     ref_sum = ds.dequant_sum_ref(stacked, lay, idx.long())
     for out_dtype in (torch.float32, dtype):
-        got_sum = ds.dequant_sum(stacked, lay, idx, slots, out_dtype=out_dtype, block_g=block_g, block_r=block_r)
+        got_sum = ds.dequant_sum(stacked, lay, idx, keep, out_dtype=out_dtype, block_g=block_g, block_r=block_r)
         # fused multiply-adds on the GPU may differ from the reference in the last bits, which can move
         # a bf16 output by one unit in the last place (up to 2^-7 relative)
         tol = 1e-5 if out_dtype == torch.float32 else 2 ** -7
@@ -70,7 +70,7 @@ def _check_error_feedback(qp, n, h, group, k, dtype, device, seed, block_g=2, bl
     """Two chained quantizations with an error buffer: the reference's codes, a self-consistent error."""
     x, idx = _case(n, h, k, dtype, device, seed)
     x2, _ = _case(n, h, k, dtype, device, seed + 1)
-    slots = qp.slot_map(idx, h)
+    keep = qp.keep_map(idx, h)
     lay = qp.layout(n, h, group, k)
     e_ref, e_got = torch.empty_like(x), torch.empty_like(x)
     for step, xx in enumerate((x, x2)):
@@ -78,7 +78,7 @@ def _check_error_feedback(qp, n, h, group, k, dtype, device, seed, block_g=2, bl
         ref = qp.quantize_pack_ref(xx, idx.long(), group, err=e_ref, err_in=step > 0)
         if step:  # both quantize the same x - err
             e_got.copy_(e_in)
-        got = qp.quantize_pack(xx, idx, slots, group, block_g=block_g, block_r=block_r, err=e_got, err_in=step > 0)
+        got = qp.quantize_pack(xx, idx, keep, group, block_g=block_g, block_r=block_r, err=e_got, err_in=step > 0)
         (gp, gs, go), (rp, rs, ro) = qp.views(got, lay), qp.views(ref, lay)
         torch.testing.assert_close(gp, rp, rtol=0, atol=0)
         torch.testing.assert_close(gs, rs, rtol=0, atol=0)
@@ -123,16 +123,17 @@ def test_kernels_match_reference_interpreted():
     assert "interpreted kernels ok" in p.stdout
 
 
-def test_layout_bits_per_value_and_slots():
-    from llm.kernels.quantize_pack import layout, slot_map
+def test_layout_bits_per_value_and_keep_map():
+    from llm.kernels.quantize_pack import keep_map, layout
 
     lay = layout(8, 4096, 128, 64)
     # 4 bits per code + 16 bits per 128 (scales) + 16 bits x 64/4096 (bf16 outliers)
     assert lay.bits_per_value == pytest.approx(4 + 16 / 128 + 16 * 64 / 4096)
     assert lay.off_scales % 16 == 0 and lay.off_outliers % 16 == 0 and lay.total % 16 == 0
-    s = slot_map(torch.tensor([3, 9, 10], dtype=torch.int32), 12)
-    # pairs (0,1) (2,3) (4,5) (6,7) (8,9) (10,11): slot + 1 of the even channel low, of the odd one high
-    assert s.tolist() == [0, 1 << 16, 0, 0, 2 << 16, 3]
+    m = keep_map(torch.tensor([3, 9, 10], dtype=torch.int32), 12)
+    # pairs (0,1) (2,3) (4,5) (6,7) (8,9) (10,11): 0xFFFF over each inlier half, 0 over an outlier
+    assert m.tolist() == [-1, 0xFFFF, -1, -1, 0xFFFF, -65536]
+    assert keep_map(torch.tensor([0], dtype=torch.int32), 3).tolist() == [-65536, -1]  # odd H: padded pair
 
 
 def test_error_feedback_reference_cancels_accumulated_error():

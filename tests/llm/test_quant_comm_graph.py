@@ -42,7 +42,7 @@ def test_kernels_replay_equals_eager():
     k = h // 64
     g = torch.Generator(device=dev).manual_seed(0)
     idx = torch.randperm(h, device=dev, generator=g)[:k].sort().values.to(torch.int32)
-    slots = qp.slot_map(idx, h)
+    keep = qp.keep_map(idx, h)
     lay = qp.layout(n, h, group, k)
     xs = [torch.randn(n, h, device=dev, dtype=torch.bfloat16, generator=g) * 3 for _ in range(3)]
     other = qp.quantize_pack_ref(torch.randn(n, h, device=dev, dtype=torch.bfloat16, generator=g), idx.long(),
@@ -52,7 +52,7 @@ def test_kernels_replay_equals_eager():
 
     def step():
         x.copy_(src)
-        qp.quantize_pack(x, idx, slots, group, out=bufs[0], err=err)
+        qp.quantize_pack(x, idx, keep, group, out=bufs[0], err=err)
         bufs[1].copy_(other)
         ds.dequant_sum(bufs, lay, idx, out=x)
 
