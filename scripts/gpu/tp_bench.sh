@@ -33,7 +33,7 @@ main() {
   local run="torchrun --standalone --nproc-per-node $NPROC"
   if [ "$DEV" = cuda ]; then
     step kernel_tests 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/llm/test_kernels_quant.py
-    step kernels 100 python3 bench/tp_kernels.py --device cuda --out "$D/kernels.json"
+    step kernels 100 python3 bench/tp_kernels.py --device cuda --no-sweep --out "$D/kernels.json"
   fi
   step comm_nvlink 110 $run bench/tp_comm.py --device $DEV --tag nvlink --out "$D/comm_nvlink.json"
   step e2e_nvlink 170 $run bench/tp_e2e.py --device $DEV --tag nvlink $E2E_ARGS --out "$D/e2e_nvlink.json"
