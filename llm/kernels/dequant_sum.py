@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from llm.kernels.launch import Launcher, aligned
+from llm.kernels.launch import Launcher
 from llm.kernels.quantize_pack import INTERPRET, NUM_WARPS, Layout, block_k, pairable, tile_shape, views
 
 try:
@@ -105,16 +105,24 @@ def dequant_sum(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor, keep
     if triton is None:
         raise RuntimeError("triton is not installed; use dequant_sum_ref")
     w = bufs.shape[0]
-    n, h = lay.rows, lay.hidden
+    n, h, k = lay.rows, lay.hidden, lay.n_outliers
     if out is None:
         out = torch.empty(n, h, dtype=out_dtype, device=bufs.device)
-    paired = pairable(out)
     so = out.stride(0)
-    k = lay.n_outliers
-    br, bg = tile_shape(n, lay.n_groups, block_g, block_r)
-    meta = (w, lay.group, br, bg, block_k(k), paired, h % lay.group == 0, k > 0, INTERPRET)
-    key = (lay, so, out.dtype, aligned(bufs), aligned(out), num_warps) + meta
-    grid = (triton.cdiv(n, br), triton.cdiv(lay.n_groups, bg), 1)
-    _launch(key, grid, (bufs, outlier_idx, out, lay.total, n, lay.packed_bytes, h // 2, lay.n_groups, k,
-                        lay.off_scales, lay.off_outliers, so, so // 2) + meta, num_warps)
+    key = (w, n, h, lay.group, k, so, out.dtype, block_g, block_r, num_warps, bufs.data_ptr() % 16,
+           out.data_ptr() % 16)
+    plan = _plans.get(key)
+    if plan is None:
+        br, bg = tile_shape(n, lay.n_groups, block_g, block_r)
+        meta = (w, lay.group, br, bg, block_k(k), pairable(out), h % lay.group == 0, k > 0, INTERPRET)
+        plan = ((-(-n // br), -(-lay.n_groups // bg), 1),
+                (lay.total, n, lay.packed_bytes, h // 2, lay.n_groups, k, lay.off_scales, lay.off_outliers, so,
+                 so // 2) + meta)
+        if len(_plans) > 1024:  # prefill lengths vary: keep the cache bounded
+            _plans.clear()
+        _plans[key] = plan
+    _launch(key, plan[0], (bufs, outlier_idx, out) + plan[1], num_warps)
     return out
+
+
+_plans: dict[tuple, tuple] = {}

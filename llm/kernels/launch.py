@@ -8,7 +8,8 @@ directly (what the JIT does after its lookup, Triton >= 3.3: all arguments, cons
 
 The key is the caller's: it must cover everything Triton specializes on (dtypes, the constexprs,
 which integer arguments are 1 or multiples of 16, which pointers are 16-byte aligned). The launchers
-in this package key on shapes, strides, dtypes and `aligned()` of every tensor, which is a superset.
+in this package key on shapes, strides, dtypes, tile options and every tensor's address modulo 16, from
+which all the scalar arguments follow: a superset.
 Any failure of the direct path turns it off for the process and falls back to the JIT, as does
 WAKELINE_TRITON_DIRECT=0. No host syncs and no allocations: launches are CUDA-graph capturable.
 """
@@ -17,8 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-
-import torch
 
 try:
     import triton
@@ -31,11 +30,6 @@ except ImportError:  # CPU-only installs, or a Triton without knobs: the JIT pat
 log = logging.getLogger(__name__)
 
 _direct = os.environ.get("WAKELINE_TRITON_DIRECT", "1") != "0" and os.environ.get("TRITON_INTERPRET") != "1"
-
-
-def aligned(t: torch.Tensor) -> bool:
-    """Whether Triton would specialize this tensor's pointer as 16-byte aligned."""
-    return t.data_ptr() % 16 == 0
 
 
 class Launcher:

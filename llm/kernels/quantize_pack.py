@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llm.kernels.launch import Launcher, aligned
+from llm.kernels.launch import Launcher
 
 try:
     import triton
@@ -331,19 +331,24 @@ def pairable(*ts: torch.Tensor) -> bool:
                and t.data_ptr() % 4 == 0 for t in ts)
 
 
+def pow2(n: int) -> int:
+    """The smallest power of two >= n (plain Python: Triton's helpers cost microseconds per call)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
 def tile_shape(n: int, n_groups: int, block_g: int | None = None, block_r: int | None = None,
                tile_groups: int = TILE_GROUPS) -> tuple[int, int]:
     """(rows, groups) of one program's tile. By default whole rows when a row has at most `tile_groups`
     groups (every outlier slot of a row is then useful to the program that loads it), and as many rows as
     make `tile_groups` groups; never more rows than the next power of two of n."""
-    bg = block_g or min(triton.next_power_of_2(n_groups), tile_groups)
+    bg = block_g or min(pow2(n_groups), tile_groups)
     br = block_r or max(1, tile_groups // bg)
-    return min(br, triton.next_power_of_2(n)), bg
+    return min(br, pow2(n)), bg
 
 
 def block_k(k: int) -> int:
     """Outlier slots per vector: all K at once (the kernels keep them in registers), at least 16."""
-    return max(16, triton.next_power_of_2(max(k, 1)))
+    return max(16, pow2(max(k, 1)))
 
 
 def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, keep: torch.Tensor, group: int,
@@ -357,22 +362,41 @@ def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, keep: torch.Tensor
     """
     if triton is None:
         raise RuntimeError("triton is not installed; use quantize_pack_ref")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    n, h = x.shape
+    k = outlier_idx.numel()
+    if out is None:
+        out = torch.empty(layout(n, h, group, k).total, dtype=torch.uint8, device=x.device)
+    e = x if err is None else err
+    sx, se = x.stride(0), e.stride(0)
+    # everything the launch depends on besides the tensors' addresses (their alignment is in the key)
+    key = (n, h, sx, se, x.dtype, e.dtype, k, group, err is not None, err_in, block_g, block_r, num_warps,
+           exact_div, x.data_ptr() % 16, e.data_ptr() % 16, out.data_ptr() % 16)
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _plan(x, e, out, k, group, err is not None and err_in, err is not None, block_g, block_r, exact_div)
+        if len(_plans) > 1024:  # prefill lengths vary: keep the cache bounded
+            _plans.clear()
+        _plans[key] = plan
+    _launch(key, plan[0], (x, e, keep, outlier_idx, out) + plan[1], num_warps)
+    return out
+
+
+_plans: dict[tuple, tuple] = {}
+
+
+def _plan(x, e, out, k, group, err_in, err_out, block_g, block_r, exact_div) -> tuple[tuple, tuple]:
+    """(grid, the scalar and constexpr arguments) of one quantize launch."""
     if group & (group - 1):
         raise ValueError(f"the Triton kernels need a power-of-two group size, got {group}")
     n, h = x.shape
-    if x.stride(1) != 1:
-        x = x.contiguous()
-    k = outlier_idx.numel()
     lay = layout(n, h, group, k)
-    buf = torch.empty(lay.total, dtype=torch.uint8, device=x.device) if out is None else out
-    e = x if err is None else err
-    paired = pairable(x, e)
+    if out.numel() < lay.total:
+        raise ValueError(f"out has {out.numel()} bytes, the message needs {lay.total}")
     br, bg = tile_shape(n, lay.n_groups, block_g, block_r)
     sx, se = x.stride(0), e.stride(0)
-    ef = err is not None
-    meta = (group, br, bg, block_k(k), paired, h % group == 0, ef and err_in, ef, k > 0, exact_div, INTERPRET)
-    key = (n, h, sx, se, x.dtype, e.dtype, k, aligned(x), aligned(e), aligned(buf), num_warps) + meta
-    grid = (triton.cdiv(n, br), triton.cdiv(lay.n_groups, bg), 1)
-    _launch(key, grid, (x, e, keep, outlier_idx, buf, n, lay.packed_bytes, h // 2, lay.n_groups, k, sx, sx // 2,
-                        se, se // 2, lay.off_scales, lay.off_outliers, INV_QMAX) + meta, num_warps)
-    return buf
+    meta = (group, br, bg, block_k(k), pairable(x, e), h % group == 0, err_in, err_out, k > 0, exact_div, INTERPRET)
+    return ((-(-n // br), -(-lay.n_groups // bg), 1),
+            (n, lay.packed_bytes, h // 2, lay.n_groups, k, sx, sx // 2, se, se // 2, lay.off_scales,
+             lay.off_outliers, INV_QMAX) + meta)
