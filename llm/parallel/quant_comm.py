@@ -187,7 +187,7 @@ class QuantAllReduce:
         self._last = -1                    # position of the previous quantized site
         self._err: torch.Tensor | None = None  # this rank's error of the previous site (error feedback)
         self._valid = False                # whether _err holds the previous site's error
-        self._bufs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # all-gather targets, reused
+        self._bufs: dict[tuple, tuple[torch.Tensor, ...]] = {}  # all-gather targets, reused
         self._world: tuple[int, int] | None = None  # (size, rank) of the group, read once
 
     def min_bytes(self, device: torch.device) -> int:
@@ -238,8 +238,9 @@ class QuantAllReduce:
         return res
 
     def _buffer(self, tag: str, w: int, nbytes: int, device: torch.device,
-                rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """A cached [w, nbytes] gather buffer and its row `rank` (views cost host time too)."""
+                rank: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A cached [w, nbytes] gather buffer, its flat view (what the all-gather takes) and its row `rank`:
+        views cost host time too."""
         # reuse is safe: the next collective into it is stream-ordered after this call's kernels
         key = (tag, w, nbytes, device, rank)
         b = self._bufs.get(key)
@@ -247,7 +248,7 @@ class QuantAllReduce:
             if len(self._bufs) > 32:  # many shapes (prefill buckets): keep the cache small
                 self._bufs.clear()
             t = torch.empty(w, nbytes, dtype=torch.uint8, device=device)
-            b = self._bufs[key] = (t, t[rank])
+            b = self._bufs[key] = (t, t.view(-1), t[rank])
         return b
 
     def _group(self) -> tuple[int, int]:
@@ -282,23 +283,25 @@ class QuantAllReduce:
         buffers): no host syncs, no allocations, a fixed sequence of launches.
         """
         shape, h = x.shape, x.shape[-1]
-        x2 = x.reshape(-1, h)
+        x2 = x if x.dim() == 2 else x.reshape(-1, h)
         s = self._site(site, h, x.device)
         w, rank = self._group()
         err, carry = self._feedback(site, x2)
         if self.cfg.mode == "two_shot" and x2.shape[0] >= w:
             return self._two_shot(x2, s, w, err, carry).view(shape)
         n = x2.shape[0]
-        c = min(self.cfg.chunks, n, x2.numel() * x2.element_size() // max(1, self.cfg.chunk_min_bytes))
-        if c > 1:
-            return self._pipelined(x2, s, w, err, carry, c).view(shape)
+        if self.cfg.chunks > 1:
+            c = min(self.cfg.chunks, n, x2.numel() * x2.element_size() // max(1, self.cfg.chunk_min_bytes))
+            if c > 1:
+                return self._pipelined(x2, s, w, err, carry, c).view(shape)
         lay = qp.layout(n, h, self.cfg.group_size, s.idx.numel())
-        bufs, mine = self._buffer("one", w, lay.total, x.device, rank)
+        bufs, flat, mine = self._buffer("one", w, lay.total, x.device, rank)
         # quantize straight into this rank's slot of the gather buffer (in-place all-gather)
         self.quantize(x2, s, out=mine, err=err, err_in=carry)
-        _gather(bufs.view(-1), mine, group=self.group)
+        _gather(flat, mine, group=self.group)
         # x2 has been consumed by the quantize kernel (stream order): the sum goes into it
-        return self.dequant_sum(bufs, lay, s, x.dtype, out=x2).view(shape)
+        out = self.dequant_sum(bufs, lay, s, x.dtype, out=x2)
+        return out if x2 is x else out.view(shape)
 
     def _pipelined(self, x2: torch.Tensor, s: _Site, w: int, err: torch.Tensor | None, carry: bool,
                    c: int) -> torch.Tensor:
@@ -312,10 +315,10 @@ class QuantAllReduce:
         for i, a in enumerate(range(0, n, step)):
             b = min(n, a + step)
             lay = qp.layout(b - a, h, self.cfg.group_size, s.idx.numel())
-            bufs, mine = self._buffer(f"chunk{i}", w, lay.total, x2.device, rank)
+            bufs, flat, mine = self._buffer(f"chunk{i}", w, lay.total, x2.device, rank)
             e = None if err is None else err[a:b]
             self.quantize(x2[a:b], s, out=mine, err=e, err_in=carry)
-            pending.append((a, b, lay, bufs, _gather(bufs.view(-1), mine, group=self.group, async_op=True)))
+            pending.append((a, b, lay, bufs, _gather(flat, mine, group=self.group, async_op=True)))
         for a, b, lay, bufs, work in pending:
             work.wait()
             self.dequant_sum(bufs, lay, s, x2.dtype, out=out[a:b])
