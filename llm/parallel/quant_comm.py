@@ -333,24 +333,25 @@ class QuantAllReduce:
             err = None  # padded shapes: no feedback (rare: row counts not divisible by W)
             self.reset()
         lay = qp.layout(rows, h, self.cfg.group_size, s.idx.numel())
-        send = torch.empty(w, lay.total, dtype=torch.uint8, device=x2.device)
+        dev = x2.device
+        send, send_flat, _ = self._buffer("send", w, lay.total, dev)
         for r in range(w):
             e = None if err is None else err[r * rows:(r + 1) * rows]
             self.quantize(x2[r * rows:(r + 1) * rows], s, out=send[r], err=e, err_in=carry)
-        recv = torch.empty_like(send)
-        dist.all_to_all_single(recv.view(-1), send.view(-1), group=self.group)
+        recv, recv_flat, _ = self._buffer("recv", w, lay.total, dev)
+        dist.all_to_all_single(recv_flat, send_flat, group=self.group)
         chunk = self.dequant_sum(recv, lay, s, torch.float32)
         rank = self._group()[1]
         e2 = None if err is None else torch.empty_like(chunk)
-        mine = self.quantize(chunk, s, err=e2, err_in=False)
+        bufs, flat, mine = self._buffer("two", w, lay.total, dev, rank)
+        self.quantize(chunk, s, out=mine, err=e2, err_in=False)
         if e2 is not None:  # the second quantization's error is this rank's to correct as well
             err[rank * rows:(rank + 1) * rows] += e2.to(err.dtype)
-        bufs = torch.empty_like(send)
-        _gather(bufs.view(-1), mine, group=self.group)
-        out = torch.empty(rows * w, h, dtype=x2.dtype, device=x2.device)
+        _gather(flat, mine, group=self.group)
+        # x2's rows were consumed by the first quantize (stream order): the sums go into them
         for r in range(w):
-            self.dequant_sum(bufs[r:r + 1], lay, s, x2.dtype, out=out[r * rows:(r + 1) * rows])
-        return out[:n]
+            self.dequant_sum(bufs[r:r + 1], lay, s, x2.dtype, out=x2[r * rows:(r + 1) * rows])
+        return x2[:n]
 
     def describe(self) -> dict:
         return {**asdict(self.cfg), "calibrated_sites": len(self.calib.ranges) if self.calib else 0}
