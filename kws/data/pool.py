@@ -48,9 +48,10 @@ def write_shard(path: Path, utts: list[Utterance]) -> None:
     blobs = [encode(u.audio) for u in utts]
     offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
     labels = json.dumps([u.labels() for u in utts])
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, blob=np.frombuffer(b"".join(blobs), np.uint8), offsets=offsets,
-             labels=np.frombuffer(labels.encode(), np.uint8))
+    tmp = path.with_name(path.name + ".tmp")  # not matched by the readers' pool-*.npz
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, blob=np.frombuffer(b"".join(blobs), np.uint8), offsets=offsets,
+                            labels=np.frombuffer(labels.encode(), np.uint8))
     tmp.replace(path)
 
 
@@ -60,6 +61,8 @@ class Pool:
     def __init__(self, folder: str | Path):
         self.items: list[tuple[bytes, dict]] = []
         for shard in sorted(Path(folder).glob("pool-*.npz")):
+            if shard.name.endswith(".tmp.npz"):
+                continue  # a shard being written (by an older writer's naming)
             with np.load(shard) as z:
                 blob, offsets = z["blob"].tobytes(), z["offsets"]
                 labels = json.loads(z["labels"].tobytes().decode())
