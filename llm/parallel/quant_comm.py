@@ -39,12 +39,14 @@ log = logging.getLogger(__name__)
 _gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 CALIB_VERSION = 1
 # The size gate: messages below this many bytes take plain NCCL all-reduce. Measured by bench/tp_comm.py
-# on 2 x H200 (docs/bench/tp.md, run 3, the default config with error feedback): over NVLink (NCCL
-# peer-to-peer) the one-shot path never beats NCCL bf16 (0.62x at 32 MB, 0.90x at 128 MB; without error
-# feedback, run 2: 1.04x from 64 MB); with NCCL_P2P_DISABLE=1 (PCIe-like, and what multi-node TP sees)
-# from 8 MB (1.50x; 1.91x at 32 MB, 2.41x at 128 MB).
+# and bench/tp_e2e.py on 2 x H200 with the session-4 kernels (docs/bench/tp.md, the default config with
+# error feedback). With NCCL_P2P_DISABLE=1 (PCIe-like, and what multi-node TP sees) one-shot is faster
+# from 1 MB (1.04x; 2.11x at 8 MB, 2.61x at 32 MB, 2.82x at 128 MB). Over NVLink it is faster in the
+# all-reduce bench from 16 MB (1.09x; 1.28x at 32 MB, 1.36x at 128 MB), but end to end an 8k-token
+# prefill of the 8B shape is not (163.0 vs 158.9 ms with a 1 MB gate; 2k tokens 40.2 vs 39.8 ms), so the
+# default keeps NCCL there until that gap is understood; QuantCommConfig(min_bytes=16 << 20) opts in.
 GATE_NVLINK: int | None = None  # None: never quantize
-GATE_NO_P2P: int = 8 << 20
+GATE_NO_P2P: int = 1 << 20
 _NEVER = 1 << 62
 
 
