@@ -38,12 +38,15 @@ class Preset:
     stream_seconds: float = 240.0
     train_utts: int = 0
     utts_per_shard: int = 500
+    engines: tuple[str, ...] = ("espeak", "flite")
 
 
 PRESETS = {
     "dev": Preset("dev", pair_clips=800, streams=16),
     "test": Preset("test", pair_clips=800, streams=16),
     "train": Preset("train", train_utts=100_000),
+    # an unseen neural voice (Kokoro's jf_nezumi; training hears its other voices): pairs only
+    "kokoro-dev": Preset("dev", pair_clips=200, engines=("kokoro",)),
     "tiny": Preset("dev", pair_clips=8, clips_per_shard=4, streams=1, stream_seconds=40.0, train_utts=10,
                    utts_per_shard=5),
 }
@@ -51,12 +54,12 @@ PRESETS = {
 _CTX = {}
 
 
-def _context(split: str, seed: int):
+def _context(split: str, seed: int, engines: tuple[str, ...] = ("espeak", "flite")):
     from kws.data.examples import Context
 
-    key = (split, seed)
+    key = (split, seed, engines)
     if key not in _CTX:
-        _CTX[key] = Context(split, seed=seed)
+        _CTX[key] = Context(split, seed=seed, engines=engines)
     return _CTX[key]
 
 
@@ -68,7 +71,7 @@ def _run_shard(job: tuple) -> tuple[str, int, int, float]:
     from kws.eval.manifest import write_audio, write_jsonl
 
     out = Path(out)
-    ctx = _context(preset.split, seed)
+    ctx = _context(preset.split, seed, preset.engines)
     rng = np.random.default_rng([seed, PARTS[part], shard])
     ESpeak.get().seed(int(rng.integers(2**31)))
     rows, seconds = [], 0.0
@@ -167,7 +170,7 @@ def build(preset_name: str, out: str | Path, seed: int = 0, workers: int = 1, pr
         # the lexicon, rooms and noise are built once here and inherited by the forked workers;
         # every shard runs in a fresh process, so eSpeak's state (which carries over between
         # calls) is the same whichever worker builds it: the output is bit-identical
-        ctx = _context(preset.split, seed)
+        ctx = _context(preset.split, seed, preset.engines)
         ctx.lexicon.warmup()
         # streams are the longest shards: start them first so the tail is short
         todo.sort(key=lambda j: j[0] != "streams")
