@@ -22,17 +22,21 @@ import asyncio, sys
 from services.bus import BusConfig, EventConsumer, open_bus
 from wakeline.v1 import bus_pb2
 
-async def main(url, name):
+async def main(url, name, hang_after):
     bus = await open_bus(BusConfig(url=url, visibility_timeout_s=0.5, spool_dir="/tmp/unused-spool"))
     cons = EventConsumer(bus, "llm", name, concurrency=4)
+    started = [0]
 
     async def handle(ev):
+        started[0] += 1
+        if 0 < hang_after < started[0]:
+            await asyncio.sleep(3600)  # stuck mid-message, so messages are surely in flight at the kill
         await asyncio.sleep(0.008)
         return bus_pb2.Answer(answer_id=ev.event_id + ":answer", event_id=ev.event_id, edge_node=ev.edge_node)
 
     await cons.run(handle)
 
-asyncio.run(main(sys.argv[1], sys.argv[2]))
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 0))
 """
 
 
@@ -68,11 +72,13 @@ def test_kill9_consumer_mid_stream_every_message_answered_exactly_once(redis_url
             await bus.close()
 
     asyncio.run(publish())
-    victim = subprocess.Popen([sys.executable, "-c", _WORKER, redis_url, "victim"], env=_env())
+    # the victim answers 250 events, then hangs inside the handlers of the next ones (up to its
+    # concurrency): the kill always lands with messages delivered and unacknowledged
+    victim = subprocess.Popen([sys.executable, "-c", _WORKER, redis_url, "victim", "250"], env=_env())
     survivor = None
     try:
         deadline = time.time() + 30
-        while asyncio.run(replies_len()) < 250:
+        while asyncio.run(replies_len()) < 250 or asyncio.run(pending_of("victim")) == 0:
             assert victim.poll() is None and time.time() < deadline
             time.sleep(0.02)
         victim.send_signal(signal.SIGKILL)
