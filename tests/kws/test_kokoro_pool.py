@@ -104,3 +104,15 @@ def test_corpus_draws_the_pool_share_for_training_only(tmp_path, monkeypatch):
     assert len({e["feats"].tobytes() for e in train}) == 4
     dev = corpus._worker((3, 4, "dev", 1, 3, False, None, 1e18))
     assert all(e["text"] != "zebra crossing" for e in dev)
+
+
+@needs_kokoro
+def test_kokoro_dev_preset_speaks_only_the_held_out_neural_voice():
+    from kws.data.build import PRESETS, _context
+    from kws.data.examples import make_pair_clip
+
+    preset = PRESETS["kokoro-dev"]
+    ctx = _context(preset.split, 0, preset.engines)
+    utt, trials = make_pair_clip(ctx, np.random.default_rng(0))
+    assert utt.voice == "kokoro:jf_nezumi" and utt.engine == "kokoro"
+    assert {t["kind"] for t in trials} == {"positive", "hard", "easy"}
