@@ -17,7 +17,7 @@ try:
     import triton
     import triton.language as tl
 
-    from llm.kernels.quantize_pack import byte_offsets, store_pairs, tile
+    from llm.kernels.quantize_pack import byte_offsets, outlier_tile, store_pairs, tile
 except ImportError:  # CPU-only installs: the torch reference is the only path
     triton = None
     tl = None
@@ -76,12 +76,7 @@ if triton is not None:
         if HAS_OUTL:
             # the outlier channels of this tile: the K bf16 slots summed over ranks as one [BLOCK_R, BLOCK_K]
             # vector, scattered after every lane's store above (same words: barrier first)
-            rk = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-            kk = tl.arange(0, BLOCK_K)
-            idx = tl.load(idx_ptr + kk, mask=kk < K, other=-1)
-            c_lo = tl.program_id(1) * BLOCK_G * GROUP
-            mo = (rk < N)[:, None] & ((kk < K) & (idx >= c_lo) & (idx < c_lo + BLOCK_G * GROUP))[None, :]
-            rk64 = rk.to(tl.int64)[:, None]
+            kk, idx, mo, rk64 = outlier_tile(idx_ptr, N, K, GROUP, BLOCK_R, BLOCK_G, BLOCK_K)
             a = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
             ol = (buf_ptr + OFF_O).to(tl.pointer_type(tl.bfloat16), bitcast=True)
             for _ in tl.static_range(W):

@@ -223,6 +223,19 @@ if triton is not None:
         return r, g, j, ok, m0, m1
 
     @triton.jit
+    def outlier_tile(idx_ptr, N, K, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
+        """This program's calibrated outlier channels as one [BLOCK_R, BLOCK_K] tile of the K slots:
+        slot index kk [BLOCK_K], channel idx [BLOCK_K], the mask (row in range, channel inside this
+        program's groups) and the rows as int64 [BLOCK_R, 1]."""
+        rk = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        kk = tl.arange(0, BLOCK_K)
+        idx = tl.load(idx_ptr + kk, mask=kk < K, other=-1)
+        c_lo = tl.program_id(1) * BLOCK_G * GROUP
+        mo = (rk < N)[:, None] & ((kk < K) & (idx >= c_lo) & (idx < c_lo + BLOCK_G * GROUP))[None, :]
+        return kk, idx, mo, rk.to(tl.int64)[:, None]
+
+    @triton.jit
     def _quantize_pack_kernel(x_ptr, e_ptr, keep_ptr, idx_ptr, buf_ptr, N, PB, H2, NG, K, stride_x, stride_xw,
                               stride_e, stride_ew, OFF_S, OFF_O, INV_Q,
                               GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
@@ -236,12 +249,7 @@ if triton is not None:
         if HAS_OUTL:
             # the calibrated outlier channels of this tile as one [BLOCK_R, BLOCK_K] gather of the K slots,
             # stored contiguously; v stays in registers for the error written at the end
-            rk = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-            kk = tl.arange(0, BLOCK_K)
-            idx = tl.load(idx_ptr + kk, mask=kk < K, other=-1)
-            c_lo = tl.program_id(1) * BLOCK_G * GROUP
-            mo = (rk < N)[:, None] & ((kk < K) & (idx >= c_lo) & (idx < c_lo + BLOCK_G * GROUP))[None, :]
-            rk64 = rk.to(tl.int64)[:, None]
+            kk, idx, mo, rk64 = outlier_tile(idx_ptr, N, K, GROUP, BLOCK_R, BLOCK_G, BLOCK_K)
             v = tl.load(x_ptr + rk64 * stride_x + idx[None, :], mask=mo, other=0.0).to(tl.float32)
             if ERR_IN:
                 v -= tl.load(e_ptr + rk64 * stride_e + idx[None, :], mask=mo, other=0.0).to(tl.float32)
