@@ -19,11 +19,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port that was free a moment ago on 127.0.0.1 and that this process was not given before.
+
+    The kernel may hand the same ephemeral port to two back-to-back probes; two services told to share
+    one port then race for it (seen in CI: the stack's edge and LLM on one port)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def health_status(target: str, service: str = "", timeout: float = 1.0, root_cert: bytes | None = None) -> str | None:

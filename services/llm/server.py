@@ -219,7 +219,8 @@ class LlmServer:
     async def start(self) -> int:
         s = self.settings
         opts = [("grpc.max_receive_message_length", s.max_message_bytes),
-                ("grpc.max_send_message_length", s.max_message_bytes)]
+                ("grpc.max_send_message_length", s.max_message_bytes),
+                ("grpc.so_reuseport", 0)]  # a second server on this port is an error, not a silent load-balance
         tokens = s.tokens()
         interceptors = [BearerAuthInterceptor(tokens)] if tokens else []
         self.server = grpc.aio.server(interceptors=interceptors, options=opts)
@@ -235,6 +236,8 @@ class LlmServer:
             self.port = self.server.add_secure_port(addr, creds)
         else:
             self.port = self.server.add_insecure_port(addr)
+        if not self.port:
+            raise RuntimeError(f"cannot bind {addr}")
         await self.server.start()  # answers health (NOT_SERVING) while the model loads
         if self.engine is None:
             self.engine = await asyncio.to_thread(load_engine, s)

@@ -50,7 +50,15 @@ class StackConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def check(self) -> None:
-        """Fail early with a clear message when a shipped model is missing."""
+        """Fail early with a clear message when a shipped model is missing or two parts share a port."""
+        ports = {"edge": self.edge_port, "llm": self.llm_port, "edge metrics": self.edge_metrics_port,
+                 "llm metrics": self.llm_metrics_port}
+        seen: dict[int, str] = {}
+        for name, port in ports.items():
+            if port and port in seen:
+                raise StackError(f"the {seen[port]} and {name} ports are both {port}: give each part its own port")
+            if port:
+                seen[port] = name
         if not (Path(self.llm_model) / "config.json").is_file():
             raise StackError(f"no LLM at {self.llm_model}: the default model (models/llm/dense) is not shipped "
                              "in this checkout yet; pass --llm-model DIR (a Hugging Face folder)")
@@ -161,7 +169,7 @@ class Stack:
             else:
                 args.append("--no-metrics")
             edge = self._spawn("edge", args, edge_env)
-            await self._wait_health(edge, f"{c.host}:{c.edge_port}", "")
+            await self._wait_health(edge, f"{c.host}:{c.edge_port}", "wakeline.v1.EdgeService")
         except BaseException:
             await self.stop()
             raise

@@ -210,10 +210,11 @@ async def _health_server(s: WorkerSettings):
     """A gRPC server with only the standard health service, SERVING while the worker consumes (probes)."""
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    srv = grpc.aio.server()
+    srv = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     hs = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, srv)
-    srv.add_insecure_port(f"{s.health_host}:{s.health_port}")
+    if not srv.add_insecure_port(f"{s.health_host}:{s.health_port}"):
+        raise RuntimeError(f"cannot bind the health port {s.health_host}:{s.health_port}")
     await srv.start()
     await hs.set("", health_pb2.HealthCheckResponse.SERVING)
     return srv

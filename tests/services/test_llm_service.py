@@ -317,3 +317,16 @@ def test_decode_steps_setting_reaches_the_engine_and_keeps_greedy_output(tiny_mo
     monkeypatch.setenv("WAKELINE_LLM_DECODE_STEPS", "0")
     with pytest.raises(ValueError):
         LlmSettings(model=tiny_model)
+
+
+def test_a_second_server_on_a_held_port_fails_instead_of_sharing_it(tiny_model):
+    async def go():
+        async with running(tiny_model) as (srv, _):
+            other = LlmServer(LlmSettings(model=tiny_model, port=srv.port, host="127.0.0.1", grace_s=0),
+                              engine=srv.engine)
+            with pytest.raises(RuntimeError):
+                await other.start()
+            if other.server is not None:
+                await other.server.stop(0)
+
+    asyncio.run(go())

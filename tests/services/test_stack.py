@@ -85,3 +85,15 @@ def test_up_starts_everything_answers_and_stops_cleanly(tmp_path):
     assert rc == 0 and "wakeline stack stopped" in rest
     left = [pid for pid in children if os.path.exists(f"/proc/{pid}")]
     assert left == [], f"processes left behind: {left}"
+
+
+def test_stack_refuses_two_parts_on_one_port_and_free_port_never_repeats(tmp_path):
+    from services.stack.stack import StackConfig, StackError
+    from services.testing import free_port
+
+    cfg = StackConfig(llm_model=REPO / "models/llm/dense", kws_model=REPO / "models/kws/default",
+                      edge_port=50111, llm_port=50111)
+    with pytest.raises(StackError, match="ports are both 50111"):
+        cfg.check()
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
