@@ -2,8 +2,8 @@
 
 Each example is a 1-5 word sentence of random English words spoken by a random voice of a split
 (eSpeak NG in process, or the Flite CLI for `FLITE_SHARE` of them when it is installed; or, for
-the share named by WAKELINE_KWS_POOL, a clean utterance from a stored pool of Kokoro's neural
-voices, see kws.data.pool), then
+the shares named by WAKELINE_KWS_POOL, a clean utterance from stored pools of neural voices,
+Kokoro's and Piper's, see kws.data.pool), then
 augmented: speed perturbation (tempo, pitch and formants together, a cheap speaker change),
 synthetic room reverberation, a random microphone/channel colouring (smooth random EQ),
 coloured noise or babble at 0-25 dB SNR, gain, occasional band-limiting. Stored per example: log-mel features (edge.features, float16),
@@ -158,11 +158,12 @@ def frame_labels(utt, n_frames: int, stack: int = 2, hop: int = 160, win: int = 
 
 FLITE_SHARE = 0.3  # share of sentences spoken by Flite when it is installed (few voices, but natural-ish)
 SPEED_P, SPEED_RANGE = 0.5, (0.85, 1.15)
-# WAKELINE_KWS_POOL="folder:share": that share of training sentences are drawn from a stored pool
-# of clean utterances (kws.data.pool; Kokoro's neural voices, too slow to synthesize live) and
-# augmented afresh like the others. An environment variable so that spawned workers see it.
+# WAKELINE_KWS_POOL="folder:share[,folder:share...]": that share of training sentences are drawn
+# from each stored pool of clean utterances (kws.data.pool; Kokoro's and Piper's neural voices, too
+# slow to synthesize live) and augmented afresh like the others. An environment variable so that
+# spawned workers see it.
 POOL_ENV = "WAKELINE_KWS_POOL"
-_POOL: tuple | None = None
+_POOL: list | None = None
 # WAKELINE_KWS_NOISE="folder": a bank of real recorded noises (kws.data.noise) joins coloured noise
 NOISE_ENV = "WAKELINE_KWS_NOISE"
 _NOISE: list = []
@@ -181,18 +182,19 @@ def _noise_bank():
     return _NOISE[0]
 
 
-def _pool() -> tuple:
-    """(Pool or None, share) from POOL_ENV, loaded once per process."""
+def _pool() -> list:
+    """``[(Pool, cumulative share), ...]`` from POOL_ENV (empty without it), loaded once per process."""
     global _POOL
     if _POOL is None:
-        spec = os.environ.get(POOL_ENV, "")
-        if not spec:
-            _POOL = (None, 0.0)
-        else:
-            from kws.data.pool import Pool
+        from kws.data.pool import Pool
 
-            folder, _, share = spec.rpartition(":")
-            _POOL = (Pool(folder), float(share))
+        _POOL, total = [], 0.0
+        for entry in filter(None, os.environ.get(POOL_ENV, "").split(",")):
+            folder, _, share = entry.rpartition(":")
+            total += float(share)
+            _POOL.append((Pool(folder), total))
+        if total > 1.0:
+            raise ValueError(f"{POOL_ENV}: pool shares add up to {total:.2f}, more than 1")
     return _POOL
 
 
@@ -205,13 +207,16 @@ def _worker(args):
     out, babble, failures = [], [], 0
     made: dict[str, int] = {}  # per engine: successes and failures
     failed: dict[str, int] = {}
-    pool, share = _pool() if split == "train" and not texts else (None, 0.0)
+    pools = _pool() if split == "train" and not texts else []
     while len(out) < count and time.time() < deadline:
         text = texts[len(out) % len(texts)] if texts else random_sentence(rng, lo, hi)
         params = random_params(rng, split, flite_share=FLITE_SHARE)
         engine = params["voice"].rpartition(":")[0] or "espeak"
         try:
-            if pool is not None and rng.random() < share:
+            # one draw picks at most one pool (as many draws as with a single pool: same sentences)
+            u = rng.random() if pools else 1.0
+            pool = next((p for p, cum in pools if u < cum), None)
+            if pool is not None:
                 engine = "pool"
                 utt = pool.get(int(rng.integers(len(pool))))
             else:

