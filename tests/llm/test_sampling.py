@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from llm.sampling import (  # noqa: E402
+    M32,
     SamplingParams,
     apply_repetition_penalty,
     gumbel_noise,
@@ -221,3 +222,82 @@ def test_uniforms_of_the_extreme_hashes_stay_inside_the_interval():
     u = uniform(torch.tensor([0, 511, 512, M32 - 511, M32 - 512, M32]))
     assert (u > 0).all() and (u < 1).all() and len(set(u.tolist())) == 4
     assert torch.isfinite(-torch.log(-torch.log(u))).all()
+
+
+# ---- the host path against the graphs' formulation ----------------------------------------------
+def _ref_cum(x: torch.Tensor, k: int) -> torch.Tensor:
+    """`warp_rows`' ascending cumulative probabilities of one warped row [V] after top-k."""
+    s = torch.sort(x, stable=True).values
+    if k:
+        s = s.masked_fill(s < s[-k], float("-inf"))
+    return s.softmax(-1).cumsum(-1)
+
+
+def test_host_hash_and_noise_equal_the_reference_bit_for_bit():
+    from llm.sampling import _hash32_np, _noise, _row_hash
+
+    g = torch.Generator().manual_seed(11)
+    xs = torch.cat([torch.randint(0, 1 << 32, (20000,), generator=g), torch.tensor([0, 1, M32 - 1, M32])])
+    assert _hash32_np(xs.numpy().astype("uint32")).astype("int64").tolist() == hash32(xs).tolist()
+    V = 50257
+    keys, steps = [seed_key(s) for s in (0, 3, 1 << 40)], [0, 17, (1 << 33) + 5]
+    ref = gumbel_noise(torch.tensor(keys), torch.tensor(steps), vocab_hash(V, torch.device("cpu")))
+    ids = torch.randint(0, V, (3, 777), generator=g)
+    row = _row_hash(keys, steps)
+    assert torch.equal(_noise(row, ids, V).view(torch.int32), ref.gather(1, ids).view(torch.int32))
+    assert torch.equal(_noise(row, None, V).view(torch.int32), ref.view(torch.int32))
+
+
+@pytest.mark.parametrize("vocab", [8192, 50257, 131072])
+def test_host_candidates_keep_the_reference_set_at_exact_top_p_boundaries(vocab):
+    """top_p chosen so that 1 - top_p is exactly one of the reference's cumulative sums, where a sum
+    one ulp off flips the decision: the kept sets (and their values) are still the reference's."""
+    from llm.sampling import _sorted, _topk
+
+    g = torch.Generator().manual_seed(vocab)
+    for trial in range(6 if vocab < 100000 else 2):
+        logits = torch.randn(vocab, generator=g) * (1.0, 3.0, 6.0)[trial % 3]
+        if trial % 2:
+            logits = logits.bfloat16().float()  # ties, as bf16 models give
+        t, k = (0.7, 1.0, 1.3)[trial % 3], (0, 40, 300)[trial % 3] if trial < 3 else (0, 1000, 7)[trial % 3]
+        x = logits / torch.tensor(t)
+        cum = _ref_cum(x, k)
+        nz = torch.nonzero((cum > 0) & (cum < 0.999)).flatten()
+        mc = float(cum[nz[int(torch.randint(0, len(nz), (1,), generator=g))]])
+        p = SamplingParams(temperature=t, top_k=k, top_p=1.0 - mc)
+        ref = warp_rows(logits[None], torch.tensor([t]), torch.tensor([k]), torch.tensor([mc]))[0]
+        vals, ids, keep = (_topk if k else _sorted)(logits[None], [p])
+        kept = ids[keep]
+        assert sorted(kept.tolist()) == torch.nonzero(ref.isfinite()).flatten().tolist(), trial
+        assert torch.equal(vals[keep], ref[kept])
+
+
+def test_host_sampler_equals_the_reference_formulation():
+    """Tokens of `sample` (the host's fast path) == `sample_reference` (the graphs' arithmetic over
+    the whole vocabulary) over many seeds, steps, parameters, mixed batches, ties and penalties."""
+    import random
+
+    from llm.sampling import sample_reference
+
+    rng = random.Random(6)
+
+    def params():
+        return SamplingParams(temperature=rng.choice([0.0, 0.6, 1.0, 1.4]), top_k=rng.choice([0, 0, 1, 7, 50, 1500]),
+                              top_p=rng.choice([1.0, 1.0, 0.95, 0.7, 0.2]),
+                              repetition_penalty=rng.choice([1.0, 1.0, 1.3, 0.7]))
+
+    rows = 0
+    for V in (8192, 8192, 1000, 32001):
+        for _ in range(60):
+            B = rng.choice([1, 3, 8])
+            ps = [params()] * B if rng.random() < 0.5 else [params() for _ in range(B)]
+            logits = torch.randn(B, V) * rng.choice([1.0, 3.0, 8.0])
+            if rng.random() < 0.3:
+                logits = logits.bfloat16().float()
+            hist = [[rng.randrange(V) for _ in range(rng.randrange(0, 40))] for _ in range(B)]
+            keys = [seed_key(rng.randrange(1 << 62)) for _ in range(B)]
+            steps = [rng.randrange(5000) for _ in range(B)]
+            got = sample(logits, ps, hist, keys, steps)
+            assert got == sample_reference(logits, ps, hist, keys, steps), (V, ps, keys, steps)
+            rows += B
+    assert rows > 800
