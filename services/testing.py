@@ -16,8 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
+from services.shipped import REPO
 
 _HANDED_OUT: set[int] = set()
 

@@ -27,7 +27,7 @@ def score_manifest(backend, pairs_path: str, out: str, progress: bool = True) ->
         try:
             s = backend.score_pair(cache[p.audio], M.SAMPLE_RATE, p.text)
         except Exception as e:
-            raise RuntimeError(f"trial {p.id}: cannot score {p.text!r} on {p.audio}: {e}") from e
+            raise M.ManifestError(f"trial {p.id}: cannot score {p.text!r} on {p.audio}: {e}") from e
         if not np.isfinite(s):
             raise RuntimeError(f"trial {p.id}: score is {s}")
         rows.append({"id": p.id, "score": round(float(s), 6)})

@@ -49,7 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         (getattr(args, "group_parser", None) or parser).print_help()
         return 2
     setup_logging(args.log_level, args.log_format)
-    rc = args.func(args)
+    try:
+        rc = args.func(args)
+    except (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError) as e:
+        # a missing model, manifest or file is the user's to fix: one line, not a traceback
+        print(f"wakeline: error: {e}", file=sys.stderr)
+        return 2
     return int(rc or 0)
 
 

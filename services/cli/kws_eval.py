@@ -7,8 +7,9 @@ import os
 import sys
 
 from services.cli.common import add_command, add_group
+from services.shipped import KWS_MODEL
 
-DEFAULT_MODEL = "models/kws/default"
+DEFAULT_MODEL = str(KWS_MODEL)
 
 
 def _data_build(args) -> int:
@@ -28,6 +29,22 @@ def _data_real(args) -> int:
     return 0
 
 
+def _manifest_errors(fn):
+    """A bad manifest or unreadable clip is the user's to fix: one line on stderr and exit code 2."""
+
+    def run(args) -> int:
+        from kws.eval.manifest import ManifestError
+
+        try:
+            return fn(args)
+        except ManifestError as e:
+            print(f"wakeline: error: {e}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+@_manifest_errors
 def _score(args) -> int:
     from kws.eval.backends import load_backend
     from kws.eval.runner import score_manifest
@@ -38,6 +55,7 @@ def _score(args) -> int:
     return 0
 
 
+@_manifest_errors
 def _detect(args) -> int:
     from kws.eval.backends import load_backend
     from kws.eval.runner import detect_manifest
@@ -48,6 +66,7 @@ def _detect(args) -> int:
     return 0
 
 
+@_manifest_errors
 def _eval(args) -> int:
     from kws.eval.runner import evaluate, summary_table
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from services.shipped import KWS_MODEL, LLM_MODEL
+
 
 def _up(args) -> int:
     import asyncio
@@ -29,8 +31,8 @@ def register(sub) -> None:
     from services.cli.common import add_command
 
     p = add_command(sub, "up", "Start the whole stack (Redis, LLM service, worker, edge node); Ctrl-C stops it", _up)
-    p.add_argument("--llm-model", default="models/llm/dense", help="Hugging Face folder served by the LLM service")
-    p.add_argument("--kws-model", default="models/kws/default", help="keyword-spotting model folder")
+    p.add_argument("--llm-model", default=str(LLM_MODEL), help="Hugging Face folder served by the LLM service")
+    p.add_argument("--kws-model", default=str(KWS_MODEL), help="keyword-spotting model folder")
     p.add_argument("--redis-url", default=None, help="use this Redis instead of an embedded one")
     p.add_argument("--data-dir", default=".wakeline/stack", help="embedded Redis data and spool")
     p.add_argument("--host", default="127.0.0.1", help="address the services bind to")

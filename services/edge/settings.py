@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.shipped import KWS_MODEL
+
 
 class EdgeSettings(BaseSettings):
     """Everything `wakeline edge serve` can be told; each field is also `WAKELINE_EDGE_<NAME>`."""
@@ -17,7 +19,7 @@ class EdgeSettings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(50051, ge=0, le=65535)
-    model_dir: Path = Path("models/kws/default")
+    model_dir: Path = KWS_MODEL
     node_id: str = Field(default_factory=lambda: f"edge-{socket.gethostname()}")
     # The bus: unset fields fall back to WAKELINE_BUS_* (services.settings.BusSettings); no URL at
     # all means an embedded Redis (a real redis-server on a unix socket in the bus data dir).

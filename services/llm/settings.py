@@ -7,13 +7,15 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.shipped import LLM_MODEL
+
 
 class LlmSettings(BaseSettings):
     """Everything `wakeline llm serve` can be told, from flags or WAKELINE_LLM_* variables."""
 
     model_config = SettingsConfigDict(env_prefix="WAKELINE_LLM_", extra="ignore")
 
-    model: Path = Field(Path("models/llm/dense"), description="Hugging Face model folder")
+    model: Path = Field(LLM_MODEL, description="Hugging Face model folder")
     device: str = Field("cpu", description="cpu or cuda")
     dtype: str | None = Field(None, description="bfloat16, float16, float32; None = engine default")
     tp: int = Field(1, ge=1, description="tensor-parallel degree (ranks started by torchrun)")

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.shipped import KWS_MODEL, LLM_MODEL
+
 log = logging.getLogger("wakeline.stack")
 
 
@@ -32,8 +34,8 @@ class StackError(RuntimeError):
 class StackConfig:
     """What `wakeline up` starts; ports of 0 are not allowed (the parts must know each other's address)."""
 
-    llm_model: Path = Path("models/llm/dense")
-    kws_model: Path = Path("models/kws/default")
+    llm_model: Path = LLM_MODEL
+    kws_model: Path = KWS_MODEL
     redis_url: str | None = None  # None: an embedded Redis in data_dir/redis
     data_dir: Path = Path(".wakeline/stack")
     host: str = "127.0.0.1"

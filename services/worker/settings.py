@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.shipped import LLM_MODEL
+
 
 class WorkerSettings(BaseSettings):
     """Everything `wakeline worker run` can be told; each field is also `WAKELINE_WORKER_<NAME>`."""
@@ -31,7 +33,7 @@ class WorkerSettings(BaseSettings):
     llm_target: str = "127.0.0.1:50061"
     llm_token: str | None = None
     llm_tls_ca: Path | None = None
-    model: Path = Path("models/llm/dense")
+    model: Path = LLM_MODEL
     device: str = "cpu"
     dtype: str | None = None
 

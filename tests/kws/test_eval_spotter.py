@@ -98,3 +98,28 @@ def test_calibrate_sets_a_gate_that_keeps_true_keywords(model_dir, data, tmp_pat
         (root / "neg.jsonl").write_text('{"id": "x", "audio": "a.wav", "text": "pepperoni", "label": 0, '
                                         '"kind": "easy"}\n')
         gate_examples(m, root / "neg.jsonl")
+
+
+def test_default_model_works_from_any_working_directory(data, tmp_path, monkeypatch):
+    from services.shipped import KWS_MODEL
+
+    if not (KWS_MODEL / "encoder.onnx").exists():
+        pytest.skip("no shipped model in this checkout")
+    root, _ = data
+    monkeypatch.chdir(tmp_path)  # the held-out harness need not run from the checkout
+    assert main(["kws", "score", str(root / "pairs.jsonl"), "--out", "scores.jsonl", "--no-progress"]) == 0
+    assert set(M.read_scores(tmp_path / "scores.jsonl")) == {"1", "2", "3", "4"}
+
+
+def test_bad_trials_are_one_line_errors_with_exit_code_2(model_dir, data, tmp_path, capsys):
+    root, _ = data
+    (tmp_path / "junk.wav").write_bytes(b"not a wav file at all")
+    for audio, text, expect in ((str(root / "a.wav"), "@@@ ###", "trial t: cannot score"),
+                                ("junk.wav", "lights on", "cannot read audio")):
+        M.write_jsonl(tmp_path / "p.jsonl", [{"id": "t", "audio": audio, "text": text, "label": 1,
+                                              "kind": "positive"}])
+        rc = main(["kws", "score", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "s.jsonl"),
+                   "--model", model_dir, "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and expect in err and "Traceback" not in err
+        assert not (tmp_path / "s.jsonl").exists()  # nothing half-written
