@@ -243,17 +243,18 @@ def sample_reference(logits: Tensor, params: list[SamplingParams], histories: li
 
 # ---- the host path ------------------------------------------------------------------------------
 # `sample_tokens` warps and draws over the whole vocabulary: a stable sort of every truncated row
-# (0.44 ms at V = 8k, 10 ms at 128k on one core here) and V hashes per sampled row. A row's token is
-# the argmax of x + g over the tokens that survive top-k/top-p, so the host computes the same token
-# from fewer values: top-k from `topk` (the k largest, then a check for ties at the k-th), top-p from
-# a sort of packed int64 keys (numpy's vectorised sort: ~10x torch's stable sort, same order), the
-# top-p sums of top-k rows on a short row that puts every value in the vector lane it has in the full
-# row (`_nucleus`), and the noise only at the surviving ids. Every step is the reference's float
-# arithmetic on the same values, so kept sets and tokens are equal bit for bit
-# (tests/llm/test_sampling.py compares them over many seeds, parameters and batches).
+# (0.44 ms at V = 8k, 10 ms at 128k on one core here) and V hashes per sampled row, in int64 torch
+# ops of a few us each. A row's token is the argmax of x + g over the tokens that survive top-k and
+# top-p, so the host computes the same token from fewer values, mostly in numpy (whose small-array
+# ops, argmax and sort are several times faster than torch's on the CPU): top-k from the k largest
+# (a threshold pass, then a check for ties at the k-th), top-p from a sort of packed int64 keys (the
+# order of torch's stable sort), the top-p sums of top-k rows on a short lane-aligned row
+# (`_nucleus`), and the noise only at the surviving ids. Every float operation is the reference's
+# on the same values (the logs and the softmax sums still run in torch), so kept sets and tokens are
+# equal bit for bit (tests/llm/test_sampling.py compares them over many seeds, parameters, batches).
 _TOPK_MAX = 1024  # larger top-k rows take the sort path
 _LANES = 64  # a padded row keeps each value's position mod 64 (`_nucleus`)
-_NEG_INF = float("-inf")
+_NEG_INF = np.float32("-inf")
 
 
 def sample(logits: Tensor, params: list[SamplingParams], histories: list[list[int]], keys: list[int],
@@ -267,14 +268,15 @@ def sample(logits: Tensor, params: list[SamplingParams], histories: list[list[in
     The tokens are `sample_reference`'s (the graphs' formulation), computed from fewer values on the
     CPU; logits on a GPU take `sample_reference` itself.
     """
-    if all(p.greedy and p.repetition_penalty == 1.0 for p in params):
-        return greedy_tokens(logits).tolist()
     if logits.device.type != "cpu":
         return sample_reference(logits, params, histories, keys, steps)
-    V = logits.shape[-1]
-    logits = logits.float()
+    x = logits.float()
     if any(p.repetition_penalty != 1.0 for p in params):
-        logits = _penalized(logits, params, histories)
+        x = _penalized(x, params, histories)
+    xn = x.numpy()
+    if all(p.greedy for p in params):
+        return xn.argmax(-1).tolist()  # torch.argmax's first maximum, 20x faster on the CPU
+    V = xn.shape[-1]
     kmax = min(_TOPK_MAX, V // 8)
     groups: dict[str, list[int]] = {"greedy": [], "plain": [], "topk": [], "sort": []}
     for i, p in enumerate(params):
@@ -285,21 +287,34 @@ def sample(logits: Tensor, params: list[SamplingParams], histories: list[list[in
         if not rows:
             continue
         whole = len(rows) == len(params)
-        x = logits if whole else logits[rows]
-        ps = params if whole else [params[i] for i in rows]
+        w = xn if whole else xn[rows]
         if kind == "greedy":
-            toks = greedy_tokens(x)
+            toks = w.argmax(-1)
         else:
+            ps = params if whole else [params[i] for i in rows]
+            t, k, mc = _settings(tuple((p.temperature, p.top_k, p.top_p) for p in ps))
             row = _row_hash([keys[i] for i in rows], [steps[i] for i in rows])
             if kind == "plain":
-                toks = greedy_tokens(_scaled(x, ps) + _noise(row, None, V))
+                toks = (_scaled(w, t) + _gumbel(row, None, V)).argmax(-1)
             else:
-                toks = _draw(*(_topk if kind == "topk" else _sorted)(x, ps), row, V)
+                toks = _draw(*(_topk if kind == "topk" else _sorted)(w, t, k, mc), row, V)
         if whole:
             return toks.tolist()
-        for i, t in zip(rows, toks.tolist(), strict=True):
-            out[i] = t
+        for i, tok in zip(rows, toks.tolist(), strict=True):
+            out[i] = tok
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _settings(rows: tuple[tuple[float, int, float], ...]) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(temperature [b, 1] fp32 or None when all are 1, top_k [b] int64, 1 - top_p [b] fp32) of rows
+    of (temperature, top_k, top_p): the fp32 values `row_params` gives the reference."""
+    t = np.array([[r[0]] for r in rows], dtype=np.float32)
+    k = np.array([r[1] for r in rows], dtype=np.int64)
+    mc = np.array([1.0 - r[2] for r in rows], dtype=np.float32)
+    for a in (t, k, mc):
+        a.flags.writeable = False
+    return (None if (t == 1).all() else t), k, mc
 
 
 def _penalized(logits: Tensor, params: list[SamplingParams], histories: list[list[int]]) -> Tensor:
@@ -312,19 +327,17 @@ def _penalized(logits: Tensor, params: list[SamplingParams], histories: list[lis
     ids = [np.asarray(histories[i], dtype=np.int64) for i in rows]
     if min(int(h.min()) for h in ids) < 0 or max(int(h.max()) for h in ids) >= V:
         raise IndexError(f"a history holds an id outside the vocabulary of {V}")
-    flat = torch.from_numpy(np.unique(np.concatenate([h + i * V for i, h in zip(rows, ids, strict=True)])))
-    pen = torch.tensor([float(p.repetition_penalty) for p in params], dtype=torch.float32)[flat // V]
-    view = out.view(-1)
+    flat = np.unique(np.concatenate([h + i * V for i, h in zip(rows, ids, strict=True)]))
+    pen = np.array([p.repetition_penalty for p in params], dtype=np.float32)[flat // V]
+    view = out.numpy().reshape(-1)
     v = view[flat]
-    view[flat] = torch.where(v < 0, v * pen, v / pen)
+    view[flat] = np.where(v < 0, v * pen, v / pen)
     return out
 
 
-def _scaled(x: Tensor, ps: list[SamplingParams]) -> Tensor:
-    """x / temperature per row (the fp32 division of `warp_rows`); rows at temperature 1 are exact."""
-    if all(p.temperature == 1.0 for p in ps):
-        return x
-    return x / torch.tensor([p.temperature for p in ps], dtype=torch.float32)[:, None]
+def _scaled(x: np.ndarray, t: np.ndarray | None) -> np.ndarray:
+    """x / temperature per row, the fp32 division of `warp_rows` (None: every row at 1, exact)."""
+    return x if t is None else x / t
 
 
 def _hash32_np(x: np.ndarray) -> np.ndarray:
@@ -345,59 +358,104 @@ def _vocab_hash_np(vocab: int) -> np.ndarray:
 
 
 def _row_hash(keys: list[int], steps: list[int]) -> np.ndarray:
-    """The per-row hash of `gumbel_noise` [b] (uint32)."""
+    """The per-row hash of `gumbel_noise` [b] (uint32): Python ints for a few rows (1-2 us a row),
+    numpy for more (~15 us whatever the count)."""
+    if len(keys) <= 8:
+        return np.array([hash32(k ^ hash32((n & M32) ^ _ROW_SALT)) for k, n in zip(keys, steps, strict=True)],
+                        dtype=np.uint32)
     n = np.array([s & M32 for s in steps], dtype=np.uint32) ^ np.uint32(_ROW_SALT)
     return _hash32_np(np.array(keys, dtype=np.uint32) ^ _hash32_np(n))
 
 
-def _noise(row: np.ndarray, ids: Tensor | None, vocab: int) -> Tensor:
-    """`gumbel_noise` at the vocabulary ids [b, M] (int64; None: all of them), bit for bit."""
+def _gumbel(row: np.ndarray, ids: np.ndarray | None, vocab: int) -> np.ndarray:
+    """`gumbel_noise` at the vocabulary ids [b, M] (None: all of them), bit for bit: the integer and
+    exact float steps in numpy, the two logs in torch (numpy's log rounds differently)."""
     table = _vocab_hash_np(vocab)
-    h = (table[None] if ids is None else table[ids.numpy()]) ^ row[:, None]
+    h = (table[None] if ids is None else table[ids]) ^ row[:, None]
     _hash32_np(h)
     h >>= 9
     u = h.astype(np.float32)
     u += np.float32(0.5)
     u *= np.float32(1.0 / (1 << 23))
-    return torch.from_numpy(u).log_().neg_().log_().neg_()
+    t = torch.from_numpy(u)
+    t.log_()
+    np.negative(u, out=u)
+    t.log_()
+    return np.negative(u, out=u)
 
 
-def _draw(vals: Tensor, ids: Tensor, keep: Tensor, row: np.ndarray, vocab: int) -> Tensor:
+def _draw(vals: np.ndarray, ids: np.ndarray, keep: np.ndarray, row: np.ndarray, vocab: int) -> np.ndarray:
     """The Gumbel-max draw over candidates: vals [b, M] (warped logits) at ids [b, M], keep [b, M];
     the smallest id among equal maxima, as the argmax over the whole row."""
-    v = (vals + _noise(row, ids, vocab)).masked_fill_(~keep, _NEG_INF)
-    best = v.max(-1, keepdim=True).values
-    return torch.where(v == best, ids, vocab).min(-1).values
+    v = np.where(keep, vals + _gumbel(row, ids, vocab), _NEG_INF)
+    return np.where(v == v.max(-1, keepdims=True), ids, vocab).min(-1)
 
 
-def _topk(x: Tensor, ps: list[SamplingParams]) -> tuple[Tensor, Tensor, Tensor]:
+def _take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """np.take_along_axis(a, idx, -1) for 2-d arrays, without its ~10 us of Python."""
+    return a[np.arange(len(a))[:, None], idx]
+
+
+def _above(x: np.ndarray, tau: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The entries of each row of x [b, V] that are >= tau [b, 1]: (values, ids) [b, max count],
+    padded with (-inf, 0), and the counts [b]."""
+    b, V = x.shape
+    f = np.flatnonzero(x >= tau)  # 2-d np.nonzero is 7x slower
+    if b == 1:
+        return x.reshape(-1)[f][None], f[None], np.array([len(f)])
+    r, c = np.divmod(f, V)
+    counts = np.bincount(r, minlength=b)
+    pos = np.arange(len(r)) - np.repeat(np.cumsum(counts) - counts, counts)
+    vals = np.full((b, int(counts.max())), _NEG_INF)
+    ids = np.zeros(vals.shape, dtype=np.int64)
+    vals[r, pos], ids[r, pos] = x.reshape(-1)[f], c
+    return vals, ids, counts
+
+
+def _largest(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values, ids) [b, >= n] holding the n largest of each row of x [b, V], values descending (ties
+    in any order). A threshold from every 16th value keeps ~2n + 64 candidates for one compare
+    pass and a small sort; a row the threshold leaves short takes a full partition."""
+    b, V = x.shape
+    sub = x[:, ::16]
+    j = 2 * (n // 16) + 4
+    vals = ids = None
+    if j < sub.shape[1] and 32 * n < V:
+        vals, ids, counts = _above(x, np.partition(sub, sub.shape[1] - j, axis=-1)[:, -j:].min(-1, keepdims=True))
+        if counts.min() < n:
+            vals = ids = None
+    if vals is None:
+        ids = np.argpartition(x, V - n, axis=-1)[:, V - n:]
+        vals = _take(x, ids)
+    order = np.argsort(vals, axis=-1)[:, ::-1]
+    return _take(vals, order), _take(ids, order)
+
+
+def _topk(x: np.ndarray, t: np.ndarray | None, k: np.ndarray, mc: np.ndarray) -> tuple[np.ndarray, ...]:
     """The candidates (warped values, ids, kept) [b, M] of rows with 0 < top_k <= min(1024, V / 8)
     (and any top_p): the k largest, no sort of the row."""
-    V = x.shape[-1]
-    k = torch.tensor([p.top_k for p in ps])[:, None]
-    # fl(l / t) is monotone in l: the top values of the logits, divided, are the top warped values
-    vals, ids = x.topk(int(k.max()) + 1, -1)
-    vals = _scaled(vals, ps)
-    kth = vals.gather(1, k - 1)
-    if (vals.gather(1, k) == kth).any():  # a tie at the k-th: the reference keeps every token equal to it
-        w = _scaled(x, ps)
-        vals, ids = w.topk(int((w >= kth).sum(-1).max()), -1)
+    # fl(l / t) is monotone in l: the largest logits, divided, are the largest warped values
+    vals, ids = _largest(x, int(k.max()) + 1)
+    vals = _scaled(vals, t)
+    kth = _take(vals, k[:, None] - 1)
+    if (_take(vals, k[:, None]) == kth).any():  # a tie at the k-th: all equal ones stay
+        w = _scaled(x, t)
+        vals, ids = _largest(w, int((w >= kth).sum(-1).max()))
     keep = vals >= kth
-    mc = torch.tensor([1.0 - p.top_p for p in ps], dtype=torch.float32)
-    if bool((mc > 0).any()):
-        return _nucleus(vals.masked_fill(~keep, _NEG_INF), ids, mc, V)
+    if (mc > 0).any():
+        return _nucleus(np.where(keep, vals, _NEG_INF), ids, mc, x.shape[-1])
     return vals, ids, keep
 
 
-def _sort_keys(x: Tensor, ids: Tensor) -> np.ndarray:
-    """int64 keys whose ascending order is torch.sort(x, stable=True)'s: value bits mapped to a
-    monotone int (-0.0 as 0.0, equal as floats) in the high half, the id in the low half."""
-    b = (x + 0.0).view(torch.int32)
-    b = torch.where(b >= 0, b, b ^ 0x7FFFFFFF)
-    return ((b.long() << 32) | ids).numpy()
+def _sort_keys(x: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """int64 keys whose ascending order is torch.sort(x, stable=True)'s: the value's bits mapped to
+    a monotone int (-0.0 as 0.0: equal floats) in the high half, the id in the low half."""
+    b = (x + np.float32(0.0)).view(np.int32)
+    b ^= (b >> 31) & 0x7FFFFFFF
+    return (b.astype(np.int64) << 32) | ids
 
 
-def _nucleus(vals: Tensor, ids: Tensor, mc: Tensor, vocab: int) -> tuple[Tensor, Tensor, Tensor]:
+def _nucleus(vals: np.ndarray, ids: np.ndarray, mc: np.ndarray, vocab: int) -> tuple[np.ndarray, ...]:
     """Top-p on the top-k survivors vals [b, C] (-inf = dropped) at ids [b, C]: (vals, ids, keep),
     sorted ascending.
 
@@ -407,39 +465,40 @@ def _nucleus(vals: Tensor, ids: Tensor, mc: Tensor, vocab: int) -> tuple[Tensor,
     AVX2/AVX512 kernels here are shift-invariant): a row of -inf padding and the same values, of a
     length congruent to V mod 64, puts every value in its lane, hence gives the same sums.
     """
-    order = torch.from_numpy(np.argsort(_sort_keys(vals, ids), axis=-1))  # keys are unique
-    vals, ids = vals.gather(1, order), ids.gather(1, order)
+    order = np.argsort(_sort_keys(vals, ids), axis=-1)  # unique keys: any sort gives the stable order
+    vals, ids = _take(vals, order), _take(ids, order)
     b, C = vals.shape
     P = C + (vocab - C) % _LANES
     if P < _LANES:
         P = min(vocab, P + _LANES)
-    s = torch.full((b, P), _NEG_INF)
+    s = np.full((b, P), _NEG_INF)
     s[:, P - C:] = vals
-    keep = ~_removed(s, mc)[:, P - C:]
-    return vals, ids, keep
+    return vals, ids, np.arange(C) >= (_first_kept(s, mc) - (P - C))[:, None]
 
 
-def _removed(s: Tensor, mc: Tensor) -> Tensor:
-    """`warp_rows`' top-p removal on rows s [b, n] sorted ascending (after top-k)."""
-    if bool((mc > 0).any()):
-        remove = (s.softmax(-1).cumsum(-1) <= mc[:, None]) & (mc > 0)[:, None]
-    else:
-        remove = torch.zeros_like(s, dtype=torch.bool)
-    remove[:, -1] = False
-    return remove | (s == _NEG_INF)
+def _first_kept(s: np.ndarray, mc: np.ndarray) -> np.ndarray:
+    """`warp_rows`' top-p removal on rows s [b, n] sorted ascending (after top-k): the index [b] of
+    each row's first kept entry (the removed ones are a prefix: cum is nondecreasing, -inf first).
+    torch's softmax and cumsum, so the sums are the reference's."""
+    n = s.shape[-1]
+    drop = np.zeros(len(s), dtype=np.int64)
+    if (mc > 0).any():
+        cum = torch.from_numpy(s).softmax(-1).cumsum(-1).numpy()
+        drop = np.where(mc > 0, np.minimum((cum <= mc[:, None]).sum(-1), n - 1), 0)
+    return np.maximum(drop, (s == _NEG_INF).sum(-1))
 
 
-def _sorted(x: Tensor, ps: list[SamplingParams]) -> tuple[Tensor, Tensor, Tensor]:
+def _sorted(x: np.ndarray, t: np.ndarray | None, k: np.ndarray, mc: np.ndarray) -> tuple[np.ndarray, ...]:
     """The candidates (as `_topk`'s) of rows with top-p and no top-k (or a large one): the reference's
-    arithmetic on the sorted row, the kept tail of it."""
+    arithmetic on the sorted values (numpy's float sort: the values of torch's stable sort), then
+    the ids of the kept tail, ordered as the stable sort orders them (equal values by id)."""
     V = x.shape[-1]
-    w = _scaled(x, ps)
-    srt = np.sort(_sort_keys(w, torch.arange(V).expand(w.shape)), axis=-1)
-    idx = torch.from_numpy(srt & M32)
-    s = w.gather(1, idx)
-    k = torch.tensor([p.top_k for p in ps]).clamp(0, V)[:, None]
-    kth = s.gather(1, (V - k).clamp(max=V - 1))
-    s = s.masked_fill((k > 0) & (s < kth), _NEG_INF)
-    keep = ~_removed(s, torch.tensor([1.0 - p.top_p for p in ps], dtype=torch.float32))
-    first = int(keep.to(torch.uint8).argmax(-1).min())  # the kept entries are each row's tail
-    return s[:, first:], idx[:, first:], keep[:, first:]
+    w = _scaled(x, t)
+    s = np.sort(w, axis=-1)
+    kk = np.clip(k, 0, V)[:, None]
+    s[(kk > 0) & (s < _take(s, np.minimum(V - kk, V - 1)))] = _NEG_INF
+    first = _first_kept(s, mc)
+    m = V - first  # kept per row; the entries >= the smallest kept value hold them (and ties before)
+    vals, ids, _ = _above(w, _take(s, first[:, None]))
+    order = np.argsort(_sort_keys(vals, ids), axis=-1)[:, -int(m.max()):]
+    return _take(vals, order), _take(ids, order), np.arange(order.shape[1]) >= (order.shape[1] - m)[:, None]

@@ -234,25 +234,44 @@ def _ref_cum(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def test_host_hash_and_noise_equal_the_reference_bit_for_bit():
-    from llm.sampling import _hash32_np, _noise, _row_hash
+    from llm.sampling import _gumbel, _hash32_np, _row_hash
 
     g = torch.Generator().manual_seed(11)
     xs = torch.cat([torch.randint(0, 1 << 32, (20000,), generator=g), torch.tensor([0, 1, M32 - 1, M32])])
     assert _hash32_np(xs.numpy().astype("uint32")).astype("int64").tolist() == hash32(xs).tolist()
     V = 50257
-    keys, steps = [seed_key(s) for s in (0, 3, 1 << 40)], [0, 17, (1 << 33) + 5]
-    ref = gumbel_noise(torch.tensor(keys), torch.tensor(steps), vocab_hash(V, torch.device("cpu")))
-    ids = torch.randint(0, V, (3, 777), generator=g)
-    row = _row_hash(keys, steps)
-    assert torch.equal(_noise(row, ids, V).view(torch.int32), ref.gather(1, ids).view(torch.int32))
-    assert torch.equal(_noise(row, None, V).view(torch.int32), ref.view(torch.int32))
+    for B in (3, 20):  # the row hash in Python ints and in numpy
+        keys = [seed_key(s) for s in range(B - 1)] + [seed_key(1 << 40)]
+        steps = [int(v) for v in torch.randint(0, 1 << 20, (B - 1,), generator=g)] + [(1 << 33) + 5]
+        ref = gumbel_noise(torch.tensor(keys), torch.tensor(steps), vocab_hash(V, torch.device("cpu")))
+        ids = torch.randint(0, V, (B, 777), generator=g)
+        row = _row_hash(keys, steps)
+        got = torch.from_numpy(_gumbel(row, ids.numpy(), V))
+        assert torch.equal(got.view(torch.int32), ref.gather(1, ids).view(torch.int32))
+        assert torch.equal(torch.from_numpy(_gumbel(row, None, V)).view(torch.int32), ref.view(torch.int32))
+
+
+def test_largest_finds_the_n_largest_with_and_without_the_threshold():
+    """The threshold pass and its fallback (a row whose sampled values, every 16th, are its largest:
+    the threshold then keeps only the sample's top few)."""
+    from llm.sampling import _largest
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 8192, generator=g)
+    x[3] = -torch.arange(8192.0)
+    x[3, ::16] += 1e5
+    for n in (1, 51, 300):
+        vals, ids = _largest(x.numpy(), n)
+        ref = x.topk(n, -1).values
+        assert torch.equal(torch.from_numpy(vals[:, :n].copy()), ref)
+        assert torch.equal(x.gather(1, torch.from_numpy(ids[:, :n].copy())), ref)
 
 
 @pytest.mark.parametrize("vocab", [8192, 50257, 131072])
 def test_host_candidates_keep_the_reference_set_at_exact_top_p_boundaries(vocab):
     """top_p chosen so that 1 - top_p is exactly one of the reference's cumulative sums, where a sum
     one ulp off flips the decision: the kept sets (and their values) are still the reference's."""
-    from llm.sampling import _sorted, _topk
+    from llm.sampling import _settings, _sorted, _topk
 
     g = torch.Generator().manual_seed(vocab)
     for trial in range(6 if vocab < 100000 else 2):
@@ -266,10 +285,11 @@ def test_host_candidates_keep_the_reference_set_at_exact_top_p_boundaries(vocab)
         mc = float(cum[nz[int(torch.randint(0, len(nz), (1,), generator=g))]])
         p = SamplingParams(temperature=t, top_k=k, top_p=1.0 - mc)
         ref = warp_rows(logits[None], torch.tensor([t]), torch.tensor([k]), torch.tensor([mc]))[0]
-        vals, ids, keep = (_topk if k else _sorted)(logits[None], [p])
-        kept = ids[keep]
+        t_, k_, mc_ = _settings(((p.temperature, p.top_k, p.top_p),))
+        vals, ids, keep = (_topk if k else _sorted)(logits[None].numpy(), t_, k_, mc_)
+        kept = torch.from_numpy(ids[keep])
         assert sorted(kept.tolist()) == torch.nonzero(ref.isfinite()).flatten().tolist(), trial
-        assert torch.equal(vals[keep], ref[kept])
+        assert torch.equal(torch.from_numpy(vals[keep]), ref[kept])
 
 
 def test_host_sampler_equals_the_reference_formulation():
