@@ -318,16 +318,18 @@ def _settings(rows: tuple[tuple[float, int, float], ...]) -> tuple[np.ndarray | 
 
 
 def _penalized(logits: Tensor, params: list[SamplingParams], histories: list[list[int]]) -> Tensor:
-    # `penalize` at the seen ids only: the same two fp32 ops per id, no [B, V] mask
+    # `penalize` at the seen ids only: the same fp32 multiply or divide per id, no [B, V] mask
     V = logits.shape[-1]
     rows = [i for i, p in enumerate(params) if p.repetition_penalty != 1.0 and histories[i]]
     out = logits.clone(memory_format=torch.contiguous_format)
     if not rows:
         return out
-    ids = [np.asarray(histories[i], dtype=np.int64) for i in rows]
-    if min(int(h.min()) for h in ids) < 0 or max(int(h.max()) for h in ids) >= V:
+    ids = np.array(histories[rows[0]] if len(rows) == 1 else np.concatenate([histories[i] for i in rows]),
+                   dtype=np.int64)
+    if ids.min() < 0 or ids.max() >= V:
         raise IndexError(f"a history holds an id outside the vocabulary of {V}")
-    flat = np.unique(np.concatenate([h + i * V for i, h in zip(rows, ids, strict=True)]))
+    # repeated ids need no dedup: every copy writes the value computed from the unpenalised logit
+    flat = ids + np.repeat(np.array(rows) * V, [len(histories[i]) for i in rows])
     pen = np.array([p.repetition_penalty for p in params], dtype=np.float32)[flat // V]
     view = out.numpy().reshape(-1)
     v = view[flat]
@@ -485,7 +487,9 @@ def _first_kept(s: np.ndarray, mc: np.ndarray) -> np.ndarray:
     if (mc > 0).any():
         cum = torch.from_numpy(s).softmax(-1).cumsum(-1).numpy()
         drop = np.where(mc > 0, np.minimum((cum <= mc[:, None]).sum(-1), n - 1), 0)
-    return np.maximum(drop, (s == _NEG_INF).sum(-1))
+    if s[:, 0].min() == _NEG_INF:
+        drop = np.maximum(drop, (s == _NEG_INF).sum(-1))
+    return drop
 
 
 def _sorted(x: np.ndarray, t: np.ndarray | None, k: np.ndarray, mc: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -495,8 +499,9 @@ def _sorted(x: np.ndarray, t: np.ndarray | None, k: np.ndarray, mc: np.ndarray) 
     V = x.shape[-1]
     w = _scaled(x, t)
     s = np.sort(w, axis=-1)
-    kk = np.clip(k, 0, V)[:, None]
-    s[(kk > 0) & (s < _take(s, np.minimum(V - kk, V - 1)))] = _NEG_INF
+    if k.any():
+        kk = np.clip(k, 0, V)[:, None]
+        s[(kk > 0) & (s < _take(s, np.minimum(V - kk, V - 1)))] = _NEG_INF
     first = _first_kept(s, mc)
     m = V - first  # kept per row; the entries >= the smallest kept value hold them (and ties before)
     vals, ids, _ = _above(w, _take(s, first[:, None]))
