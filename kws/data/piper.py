@@ -48,8 +48,8 @@ _LATENT = 192  # channels of the flow's latent (noise_z is [1, 192, frames])
 _MAX_IDS = 800
 _ENDINGS = [".", ".", ".", "!", "?", ""]  # drawn per seeded utterance: statement, exclamation, question
 
-# ARPAbet (no stress) -> the voice's eSpeak NG en-us IPA; unstressed AH and ER become ə and ɚ,
-# unstressed IY i, and T / D between a vowel and an unstressed vowel the flap ɾ (``Piper.symbol``)
+# ARPAbet (no stress) -> the voice's eSpeak NG en-us IPA; unstressed AH and ER become ə and ɚ, and
+# a few context rules (``Piper.symbol``)
 _SYMBOLS = {
     "AA": "ɑː", "AE": "æ", "AH": "ʌ", "AO": "ɔː", "AW": "aʊ", "AY": "aɪ", "EH": "ɛ", "ER": "ɜː", "EY": "eɪ",
     "IH": "ɪ", "IY": "iː", "OW": "oʊ", "OY": "ɔɪ", "UH": "ʊ", "UW": "uː", "B": "b", "CH": "tʃ", "D": "d",
@@ -126,14 +126,19 @@ class Piper(StressedG2P):
         self._stressed = None
 
     def symbol(self, pron: list[str], r: int) -> str:
-        """eSpeak's US English style: flapped T / D, unstressed IY as i (else Kokoro's rules)."""
+        """eSpeak NG's US English, which the voice learned: Kokoro's rules, and T flapped between a
+        vowel and an unstressed vowel, unstressed IY as i, AO before R as oː, ER before a vowel + ɹ."""
         base, mark = pron[r].rstrip("012"), pron[r][-1]
+        nxt = pron[r + 1] if r + 1 < len(pron) else ""
         after_vowel = r > 0 and (pron[r - 1].rstrip("012") in _VOWELS or pron[r - 1] == "R")
-        if base in ("T", "D") and after_vowel and r + 1 < len(pron) and pron[r + 1][-1] == "0":
+        if base == "T" and after_vowel and nxt[-1:] == "0":
             return "ɾ"
         if base == "IY" and mark == "0":
             return "i"
-        return super().symbol(pron, r)
+        sym = super().symbol(pron, r)
+        if base == "AO" and nxt == "R":
+            return sym.replace("ɔ", "o")
+        return sym + "ɹ" if base == "ER" and nxt.rstrip("012") in _VOWELS else sym
 
     def tokens(self, words: list[str], labels: list[list[str]], ph, ending: str = "") -> tuple[list[int], list[int]]:
         """Input ids (``^``, symbols each followed by ``_``, ``$``) and per id the flat label-phoneme

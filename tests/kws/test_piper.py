@@ -41,6 +41,8 @@ def test_every_arpabet_phoneme_has_symbols_in_the_voice():
             assert sym and all(c in p.ids for c in sym), (ph + mark, sym)
     assert p.symbol(["W", "AO1", "T", "ER0"], 2) == "ɾ" and p.symbol(["T", "AO1"], 0) == "t"
     assert p.symbol(["S", "IH1", "T", "IY0"], 3) == "i" and p.symbol(["AH0"], 0) == "ə"
+    assert p.symbol(["D", "AO1", "R"], 1) == "ˈoː" and p.symbol(["HH", "ER1", "IY0"], 1) == "ˈɜːɹ"
+    assert p.symbol(["L", "EY1", "D", "ER0"], 2) == "d" and p.symbol(["T", "ER1", "N"], 1) == "ˈɜː"
 
 
 @needs_piper
