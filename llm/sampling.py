@@ -18,7 +18,8 @@ distribution as `generate(do_sample=True)`; the random stream is not torch's (is
 - Unseeded requests get a random seed drawn when they are added (the engine does that).
 
 Greedy rows (temperature 0) take the exact argmax (`greedy_tokens`) of their (penalised) logits.
-Everything works on per-row tensors of fixed shape, so the CUDA graphs capture it as it is.
+`sample_tokens` works on per-row tensors of fixed shape, so the CUDA graphs capture it as it is;
+the host's `sample` draws the same tokens from fewer values (see "the host path" below).
 """
 
 from __future__ import annotations
@@ -246,15 +247,18 @@ def sample_reference(logits: Tensor, params: list[SamplingParams], histories: li
 # (0.44 ms at V = 8k, 10 ms at 128k on one core here) and V hashes per sampled row, in int64 torch
 # ops of a few us each. A row's token is the argmax of x + g over the tokens that survive top-k and
 # top-p, so the host computes the same token from fewer values, mostly in numpy (whose small-array
-# ops, argmax and sort are several times faster than torch's on the CPU): top-k from the k largest
-# (a threshold pass, then a check for ties at the k-th), top-p from a sort of packed int64 keys (the
-# order of torch's stable sort), the top-p sums of top-k rows on a short lane-aligned row
-# (`_nucleus`), and the noise only at the surviving ids. Every float operation is the reference's
-# on the same values (the logs and the softmax sums still run in torch), so kept sets and tokens are
-# equal bit for bit (tests/llm/test_sampling.py compares them over many seeds, parameters, batches).
+# ops, argmax, sort and partition are several times faster than torch's on the CPU): top-k from the
+# k largest (a sampled threshold, one compare pass, then a check for ties at the k-th); top-p alone
+# from numpy's sort of the values (the top-p sums need the whole sorted row), then the ids of the
+# kept tail only; the top-p sums of top-k rows on a short lane-aligned row (`_nucleus`); the noise
+# only at the surviving ids. Every float operation is the reference's on the same values (the logs,
+# softmax and cumsum still run in torch), so kept sets and tokens are equal bit for bit
+# (tests/llm/test_sampling.py compares them over many seeds, parameters, batches and exact top-p
+# boundaries). The CUDA-graph path keeps `sample_tokens`: static shapes, no host round trip.
 _TOPK_MAX = 1024  # larger top-k rows take the sort path
 _LANES = 64  # a padded row keeps each value's position mod 64 (`_nucleus`)
 _NEG_INF = np.float32("-inf")
+_BLOCK = 1 << 16  # values per block of `_in_blocks`
 
 
 def sample(logits: Tensor, params: list[SamplingParams], histories: list[list[int]], keys: list[int],
@@ -294,10 +298,10 @@ def sample(logits: Tensor, params: list[SamplingParams], histories: list[list[in
             ps = params if whole else [params[i] for i in rows]
             t, k, mc = _settings(tuple((p.temperature, p.top_k, p.top_p) for p in ps))
             row = _row_hash([keys[i] for i in rows], [steps[i] for i in rows])
-            if kind == "plain":
-                toks = (_scaled(w, t) + _gumbel(row, None, V)).argmax(-1)
+            if kind == "topk":
+                toks = _draw(*_topk(w, t, k, mc), row, V)
             else:
-                toks = _draw(*(_topk if kind == "topk" else _sorted)(w, t, k, mc), row, V)
+                toks = _in_blocks(_plain if kind == "plain" else _sorted_draw, w, t, k, mc, row)
         if whole:
             return toks.tolist()
         for i, tok in zip(rows, toks.tolist(), strict=True):
@@ -356,7 +360,9 @@ def _hash32_np(x: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _vocab_hash_np(vocab: int) -> np.ndarray:
-    return vocab_hash(vocab, torch.device("cpu")).numpy().astype(np.uint32)
+    table = vocab_hash(vocab, torch.device("cpu")).numpy().astype(np.uint32)
+    table.flags.writeable = False
+    return table
 
 
 def _row_hash(keys: list[int], steps: list[int]) -> np.ndarray:
@@ -384,6 +390,26 @@ def _gumbel(row: np.ndarray, ids: np.ndarray | None, vocab: int) -> np.ndarray:
     np.negative(u, out=u)
     t.log_()
     return np.negative(u, out=u)
+
+
+def _in_blocks(fn, x: np.ndarray, t: np.ndarray | None, k: np.ndarray, mc: np.ndarray,
+               row: np.ndarray) -> np.ndarray:
+    """fn(x, t, k, mc, row) -> tokens, over blocks of rows of ~64k values: the ~20 passes of the
+    plain and top-p draws over each block then run in the cache (4x at B = 32, V = 128k)."""
+    step = max(1, _BLOCK // x.shape[1])
+    if len(x) <= step:
+        return fn(x, t, k, mc, row)
+    return np.concatenate([fn(x[a:a + step], None if t is None else t[a:a + step], k[a:a + step], mc[a:a + step],
+                              row[a:a + step]) for a in range(0, len(x), step)])
+
+
+def _plain(x: np.ndarray, t: np.ndarray | None, k: np.ndarray, mc: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """The draw of rows without top-k/top-p: every token is a candidate."""
+    return (_scaled(x, t) + _gumbel(row, None, x.shape[-1])).argmax(-1)
+
+
+def _sorted_draw(x: np.ndarray, t: np.ndarray | None, k: np.ndarray, mc: np.ndarray, row: np.ndarray) -> np.ndarray:
+    return _draw(*_sorted(x, t, k, mc), row, x.shape[-1])
 
 
 def _draw(vals: np.ndarray, ids: np.ndarray, keep: np.ndarray, row: np.ndarray, vocab: int) -> np.ndarray:

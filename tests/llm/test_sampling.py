@@ -321,3 +321,19 @@ def test_host_sampler_equals_the_reference_formulation():
             assert got == sample_reference(logits, ps, hist, keys, steps), (V, ps, keys, steps)
             rows += B
     assert rows > 800
+
+
+def test_host_top_p_sums_match_under_a_lane_sensitive_softmax():
+    """torch's generic CPU kernels (ATEN_CPU_CAPABILITY=default) sum the softmax in 8 lanes by
+    position, unlike the AVX2/AVX512 ones: the short rows of `_nucleus` must keep every value's lane
+    (without the alignment this run finds other kept sets)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+    test = f"{__file__}::test_host_candidates_keep_the_reference_set_at_exact_top_p_boundaries"
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "3 passed" in r.stdout
