@@ -440,10 +440,11 @@ def _above(x: np.ndarray, tau: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return vals, ids, counts
 
 
-def _largest(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _largest(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(values, ids) [b, >= n] holding the n largest of each row of x [b, V], values descending (ties
-    in any order). A threshold from every 16th value keeps ~2n + 64 candidates for one compare
-    pass and a small sort; a row the threshold leaves short takes a full partition."""
+    in any order), padded with (-inf, 0) after each row's count [b] of real ones. A threshold from
+    every 16th value keeps ~2n + 64 candidates (all values >= it) for one compare pass and a small
+    sort; a row the threshold leaves short takes a full partition."""
     b, V = x.shape
     sub = x[:, ::16]
     j = 2 * (n // 16) + 4
@@ -454,21 +455,23 @@ def _largest(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
             vals = ids = None
     if vals is None:
         ids = np.argpartition(x, V - n, axis=-1)[:, V - n:]
-        vals = _take(x, ids)
+        vals, counts = _take(x, ids), np.full(b, n)
     order = np.argsort(vals, axis=-1)[:, ::-1]
-    return _take(vals, order), _take(ids, order)
+    return _take(vals, order), _take(ids, order), counts
 
 
 def _topk(x: np.ndarray, t: np.ndarray | None, k: np.ndarray, mc: np.ndarray) -> tuple[np.ndarray, ...]:
     """The candidates (warped values, ids, kept) [b, M] of rows with 0 < top_k <= min(1024, V / 8)
-    (and any top_p): the k largest, no sort of the row."""
-    # fl(l / t) is monotone in l: the largest logits, divided, are the largest warped values
-    vals, ids = _largest(x, int(k.max()) + 1)
+    (and any top_p): the k largest and every token equal to the k-th (HF keeps ties), no sort."""
+    # fl(l / t) is monotone in l: the largest logits, divided, are the largest warped values, and a
+    # token outside the candidates is at most the smallest one: if that is below the k-th warped
+    # value, the candidates hold every token >= it (ties included, as bf16 logits often have)
+    vals, ids, counts = _largest(x, int(k.max()) + 1)
     vals = _scaled(vals, t)
     kth = _take(vals, k[:, None] - 1)
-    if (_take(vals, k[:, None]) == kth).any():  # a tie at the k-th: all equal ones stay
+    if not (_take(vals, counts[:, None] - 1) < kth).all():
         w = _scaled(x, t)
-        vals, ids = _largest(w, int((w >= kth).sum(-1).max()))
+        vals, ids, _ = _largest(w, int((w >= kth).sum(-1).max()))
     keep = vals >= kth
     if (mc > 0).any():
         return _nucleus(np.where(keep, vals, _NEG_INF), ids, mc, x.shape[-1])

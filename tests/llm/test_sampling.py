@@ -261,7 +261,8 @@ def test_largest_finds_the_n_largest_with_and_without_the_threshold():
     x[3] = -torch.arange(8192.0)
     x[3, ::16] += 1e5
     for n in (1, 51, 300):
-        vals, ids = _largest(x.numpy(), n)
+        vals, ids, counts = _largest(x.numpy(), n)
+        assert (counts >= n).all() and (counts <= vals.shape[1]).all()
         ref = x.topk(n, -1).values
         assert torch.equal(torch.from_numpy(vals[:, :n].copy()), ref)
         assert torch.equal(x.gather(1, torch.from_numpy(ids[:, :n].copy())), ref)
