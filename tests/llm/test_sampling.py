@@ -308,8 +308,8 @@ def test_host_sampler_equals_the_reference_formulation():
                               repetition_penalty=rng.choice([1.0, 1.0, 1.3, 0.7]))
 
     rows = 0
-    for V in (8192, 8192, 1000, 32001):
-        for _ in range(60):
+    for V, batches in ((8192, 120), (1000, 60), (32001, 60), (131072, 8)):
+        for _ in range(batches):
             B = rng.choice([1, 3, 8])
             ps = [params()] * B if rng.random() < 0.5 else [params() for _ in range(B)]
             logits = torch.randn(B, V) * rng.choice([1.0, 3.0, 8.0])
@@ -321,7 +321,7 @@ def test_host_sampler_equals_the_reference_formulation():
             got = sample(logits, ps, hist, keys, steps)
             assert got == sample_reference(logits, ps, hist, keys, steps), (V, ps, keys, steps)
             rows += B
-    assert rows > 800
+    assert rows > 600
 
 
 def test_host_top_p_sums_match_under_a_lane_sensitive_softmax():
