@@ -45,7 +45,7 @@ VOICES = {"train": ["joe"], "dev": ["joe"], "test": []}
 _DURATION_TENSOR = "/Ceil_output_0"  # float [1, 1, ids]: frames per input id
 _NOISE_INPUTS = {"/dp/RandomNormalLike": "noise_dp", "/RandomNormalLike": "noise_z"}
 _LATENT = 192  # channels of the flow's latent (noise_z is [1, 192, frames])
-_MAX_IDS = 800
+_MAX_IDS = 800  # a guard: pool sentences (1-5 words) take 9-125 ids
 _ENDINGS = [".", ".", ".", "!", "?", ""]  # drawn per seeded utterance: statement, exclamation, question
 
 # ARPAbet (no stress) -> the voice's eSpeak NG en-us IPA; unstressed AH and ER become ə and ɚ, and
@@ -77,7 +77,7 @@ def config() -> dict:
     return json.loads(_package_file(MODEL + ".json").read_text(encoding="utf-8"))
 
 
-def model_path():
+def model_path() -> Path:
     """The ONNX model with the durations output and the noise inputs, built once into the cache."""
     out = cache_dir() / "piper-en_US-joe-medium-durations-v1.onnx"
     if out.exists():
