@@ -89,6 +89,46 @@ def pair_metrics(pairs, scores: dict[str, float]) -> dict:
     return out
 
 
+def edit_kind(spoken: list[str], text: list[str]) -> str:
+    """How a hard text's phonemes differ from the spoken ones: ``substitution``, ``insertion``
+    (the text has one phoneme more), ``deletion-edge`` (one fewer, the first or last: the text is
+    a contiguous part of the speech), ``deletion-middle``, or ``other`` (more than one edit)."""
+    n, m = len(spoken), len(text)
+    if n == m:
+        return "substitution" if sum(a != b for a, b in zip(spoken, text, strict=True)) == 1 else "other"
+    if m == n + 1 and any(text[:i] + text[i + 1:] == spoken for i in range(m)):
+        return "insertion"
+    if m == n - 1:
+        if text in (spoken[1:], spoken[:-1]):
+            return "deletion-edge"
+        if any(spoken[:i] + spoken[i + 1:] == text for i in range(n)):
+            return "deletion-middle"
+    return "other"
+
+
+def hard_by_edit(pairs, scores: dict[str, float], phonemes) -> dict:
+    """AUC of positive vs hard trials split by the hard text's edit (``edit_kind``).
+
+    Each clip's positive and hard trials form one group's pair; ``phonemes(text)`` gives a flat
+    phoneme list (the enrollment G2P). Groups of fewer than 2 clips are left out.
+    """
+    by_clip: dict[str, dict] = defaultdict(dict)
+    for p in pairs:
+        if p.kind in ("positive", "hard"):
+            by_clip[p.audio][p.kind] = p
+    groups: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+    for d in by_clip.values():
+        if len(d) == 2:
+            try:
+                kind = edit_kind(phonemes(d["positive"].text), phonemes(d["hard"].text))
+            except ValueError:  # a text the G2P cannot spell (scored by another backend)
+                continue
+            groups[kind][0].append(scores[d["positive"].id])
+            groups[kind][1].append(scores[d["hard"].id])
+    return {k: {"auc": round(roc_auc(pos + neg, [1] * len(pos) + [0] * len(neg)), 5), "n_clips": len(pos)}
+            for k, (pos, neg) in sorted(groups.items()) if len(pos) >= 2}
+
+
 def match_detections(streams, detections: list[dict], threshold: float = -np.inf) -> dict:
     """Hits, misses and false accepts of detections with ``score >= threshold``.
 

@@ -59,6 +59,7 @@ def evaluate(pairs: str | None, scores: str | None, streams: str | None, detecti
         trials = M.read_pairs(pairs)
         sc = M.read_scores(scores)
         result["pairs"] = metrics.pair_metrics(trials, sc)
+        result["pairs"]["hard_by_edit"] = metrics.hard_by_edit(trials, sc, _flat_phonemes())
         result["pairs"]["n_trials"] = len(trials)
         metrics.plot_pair_det(trials, sc, f"{stem}_pairs_det.png")
     if streams and detections:
@@ -72,11 +73,19 @@ def evaluate(pairs: str | None, scores: str | None, streams: str | None, detecti
     return result
 
 
+def _flat_phonemes():
+    from edge.phonemizer import Phonemizer
+
+    return Phonemizer().flat
+
+
 def summary_table(result: dict) -> str:
     """A short markdown table of the headline numbers."""
     lines = ["| metric | value |", "|---|---|"]
     for name, m in result.get("pairs", {}).items():
-        if isinstance(m, dict):
+        if name == "hard_by_edit":
+            lines += [f"| hard, {k} AUC | {v['auc']:.4f} (n={v['n_clips']}) |" for k, v in m.items()]
+        elif isinstance(m, dict):
             lines.append(f"| {name} AUC / EER | {m['auc']:.4f} / {m['eer']:.2%} (n={m['n_positive']}+{m['n_negative']}) |")
     s = result.get("streams")
     if s:

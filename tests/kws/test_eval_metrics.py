@@ -87,3 +87,27 @@ def test_frr_at_fixed_fa_per_hour_by_hand():
     # 1 FA/h: threshold 0.9 keeps the hit at 11.5 s and one false accept
     assert r["frr_at_fa_per_hour"]["1.0"]["frr"] == pytest.approx(2 / 3, abs=1e-4)
     assert r["latency"]["median"] == pytest.approx(0.5)  # at threshold 0.5 only the 11.5 s hit
+
+
+def test_edit_kind_and_hard_auc_by_edit():
+    from kws.eval.manifest import Pair
+    from kws.eval.metrics import edit_kind, hard_by_edit
+
+    spell = {"lights on": "L AY T S AA N", "lights an": "L AY T S AO N", "lights on d": "L AY T S AA N D",
+             "lights o": "L AY T S AA", "ights on": "AY T S AA N", "lies on": "L AY S AA N",
+             "lied zon": "L AY D Z AA N"}
+
+    def phones(text):
+        return spell[text].split(" ")
+
+    kinds = {t: edit_kind(phones("lights on"), phones(t)) for t in spell if t != "lights on"}
+    assert kinds == {"lights an": "substitution", "lights on d": "insertion", "lights o": "deletion-edge",
+                     "ights on": "deletion-edge", "lies on": "deletion-middle", "lied zon": "other"}
+    pairs, scores = [], {}
+    for clip, (hard, pos, neg) in enumerate([("lights o", 0.9, 0.1), ("lied zon", 0.8, 0.95),
+                                             ("ights on", 0.7, 0.2), ("lied zon", 0.6, 0.65),
+                                             ("lies on", 0.5, 0.1)]):
+        pairs += [Pair(f"{clip}p", f"c{clip}", "lights on", 1, "positive"), Pair(f"{clip}h", f"c{clip}", hard, 0, "hard")]
+        scores[f"{clip}p"], scores[f"{clip}h"] = pos, neg
+    m = hard_by_edit(pairs, scores, phones)  # one deletion-middle clip: too few for an AUC
+    assert m == {"deletion-edge": {"auc": 1.0, "n_clips": 2}, "other": {"auc": 0.25, "n_clips": 2}}
