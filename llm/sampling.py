@@ -24,6 +24,7 @@ the host's `sample` draws the same tokens from fewer values (see "the host path"
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass, field
 
@@ -274,7 +275,32 @@ def sample(logits: Tensor, params: list[SamplingParams], histories: list[list[in
     """
     if logits.device.type != "cpu":
         return sample_reference(logits, params, histories, keys, steps)
-    x = logits.float()
+    with _one_thread():
+        return _sample_host(logits, params, histories, keys, steps)
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """torch's intra-op threads off for the host path's few torch ops (logs, softmax, cumsum): they are
+    small and memory-bound, and on a busy host (this CI box: 2 cores, other jobs) every parallel
+    region of 2 OpenMP threads stalled for 5-7 ms, 100x the whole draw. Results do not depend on the
+    thread count (elementwise ops; softmax and cumsum split rows, never a row)."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    # ~0.1 us each way; process-wide for MKL and pthreadpool, so torch work on another thread during
+    # the draw runs single-threaded too (the engine samples between forwards, on one thread)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _sample_host(logits: Tensor, params: list[SamplingParams], histories: list[list[int]], keys: list[int],
+                 steps: list[int]) -> list[int]:
+    x = logits.detach().float()
     if any(p.repetition_penalty != 1.0 for p in params):
         x = _penalized(x, params, histories)
     xn = x.numpy()
@@ -325,7 +351,7 @@ def _penalized(logits: Tensor, params: list[SamplingParams], histories: list[lis
     # `penalize` at the seen ids only: the same fp32 multiply or divide per id, no [B, V] mask
     V = logits.shape[-1]
     rows = [i for i, p in enumerate(params) if p.repetition_penalty != 1.0 and histories[i]]
-    out = logits.clone(memory_format=torch.contiguous_format)
+    out = torch.from_numpy(np.array(logits.numpy(), order="C"))  # a copy, and no torch thread pool
     if not rows:
         return out
     ids = np.array(histories[rows[0]] if len(rows) == 1 else np.concatenate([histories[i] for i in rows]),
