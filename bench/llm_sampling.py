@@ -5,9 +5,9 @@ For each vocabulary size, batch and mode (greedy, temperature, top-k 50, top-p 0
 top-k + top-p + repetition penalty 1.1 over a 256-token history), and each torch thread count: the
 median of many calls after a warm-up (repeats stop at --reps or once a cell has run --budget
 seconds, at least 5). Each call draws the next token index, as a decode step does. Logits are
-N(0, 3^2): a flatter distribution than a trained model's (the top-p 0.9 nucleus holds hundreds to
-thousands of tokens; `nucleus` in the JSON), which is the slow case of the fast path. Both paths'
-tokens are compared on every cell's first call (`equal`).
+N(0, 3^2) (at temperature 0.8 the top-p 0.9 nucleus holds ~30 tokens of 8k, ~1500 of 128k:
+`nucleus` in the JSON; a bigger nucleus costs the host path more noise). Both paths' tokens are
+compared on every cell's first call (`equal`).
 
     python bench/llm_sampling.py --vocabs 8192,131072 --batches 1,8,32 --threads 1,2
 """
