@@ -307,7 +307,7 @@ def test_host_sampler_equals_the_reference_formulation():
                               top_p=rng.choice([1.0, 1.0, 0.95, 0.7, 0.2]),
                               repetition_penalty=rng.choice([1.0, 1.0, 1.3, 0.7]))
 
-    rows = 0
+    rows, threads = 0, torch.get_num_threads()
     for V, batches in ((8192, 120), (1000, 60), (32001, 60), (131072, 8)):
         for _ in range(batches):
             B = rng.choice([1, 3, 8])
@@ -322,6 +322,7 @@ def test_host_sampler_equals_the_reference_formulation():
             assert got == sample_reference(logits, ps, hist, keys, steps), (V, ps, keys, steps)
             rows += B
     assert rows > 600
+    assert torch.get_num_threads() == threads  # the host path gives back torch's thread count
 
 
 def test_host_top_p_sums_match_under_a_lane_sensitive_softmax():
