@@ -286,7 +286,7 @@ def _one_thread():
     region of 2 OpenMP threads stalled for 5-7 ms, 100x the whole draw. Results do not depend on the
     thread count (elementwise ops; softmax and cumsum split rows, never a row)."""
     n = torch.get_num_threads()
-    if n == 1:
+    if n == 1 or not _openmp():
         yield
         return
     # ~0.1 us each way; process-wide for MKL and pthreadpool, so torch work on another thread during
@@ -296,6 +296,12 @@ def _one_thread():
         yield
     finally:
         torch.set_num_threads(n)
+
+
+@functools.cache
+def _openmp() -> bool:
+    # the native thread pool warns when resized after use; OpenMP (Linux and macOS wheels) does not
+    return torch.__config__.parallel_info().rsplit("ATen parallel backend:", 1)[-1].strip().startswith("OpenMP")
 
 
 def _sample_host(logits: Tensor, params: list[SamplingParams], histories: list[list[int]], keys: list[int],
