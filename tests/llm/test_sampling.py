@@ -234,7 +234,7 @@ def _ref_cum(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def test_host_hash_and_noise_equal_the_reference_bit_for_bit():
-    from llm.sampling import _gumbel, _hash32_np, _row_hash
+    from llm.sampling_host import _gumbel, _hash32_np, _row_hash
 
     g = torch.Generator().manual_seed(11)
     xs = torch.cat([torch.randint(0, 1 << 32, (20000,), generator=g), torch.tensor([0, 1, M32 - 1, M32])])
@@ -254,7 +254,7 @@ def test_host_hash_and_noise_equal_the_reference_bit_for_bit():
 def test_largest_finds_the_n_largest_with_and_without_the_threshold():
     """The threshold pass and its fallback (a row whose sampled values, every 16th, are its largest:
     the threshold then keeps only the sample's top few)."""
-    from llm.sampling import _largest
+    from llm.sampling_host import _largest
 
     g = torch.Generator().manual_seed(2)
     x = torch.randn(4, 8192, generator=g)
@@ -272,7 +272,7 @@ def test_largest_finds_the_n_largest_with_and_without_the_threshold():
 def test_host_candidates_keep_the_reference_set_at_exact_top_p_boundaries(vocab):
     """top_p chosen so that 1 - top_p is exactly one of the reference's cumulative sums, where a sum
     one ulp off flips the decision: the kept sets (and their values) are still the reference's."""
-    from llm.sampling import _settings, _sorted, _topk
+    from llm.sampling_host import _settings, _sorted, _topk
 
     g = torch.Generator().manual_seed(vocab)
     for trial in range(6 if vocab < 100000 else 2):
