@@ -43,8 +43,11 @@ def detect_manifest(backend, streams_path: str, out: str, threshold: float | Non
     rows = []
     for st in tqdm(streams, desc="detect", unit="stream", disable=not progress):
         audio = M.load_audio(st.audio)
-        for d in backend.detect(audio, M.SAMPLE_RATE, st.keywords, threshold=threshold):
-            rows.append({"id": st.id, **d})
+        try:
+            found = backend.detect(audio, M.SAMPLE_RATE, st.keywords, threshold=threshold)
+        except ValueError as e:  # a keyword the enrollment cannot spell, or too long to stream
+            raise M.ManifestError(f"stream {st.id}: {e}") from e
+        rows += [{"id": st.id, **d} for d in found]
     return M.write_jsonl(out, rows)
 
 

@@ -123,3 +123,9 @@ def test_bad_trials_are_one_line_errors_with_exit_code_2(model_dir, data, tmp_pa
         err = capsys.readouterr().err
         assert rc == 2 and expect in err and "Traceback" not in err
         assert not (tmp_path / "s.jsonl").exists()  # nothing half-written
+    M.write_jsonl(tmp_path / "st.jsonl", [{"id": "s1", "audio": str(root / "a.wav"), "keywords": ["lights on", "@@@"],
+                                           "events": []}])
+    rc = main(["kws", "detect", str(tmp_path / "st.jsonl"), "--out", str(tmp_path / "d.jsonl"), "--model", model_dir,
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "stream s1: phonemize: no pronounceable" in err and not (tmp_path / "d.jsonl").exists()
