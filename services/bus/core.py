@@ -323,7 +323,16 @@ def embedded_redis(dir: str | os.PathLike, timeout_s: float = 10.0):
     args = [_redis_binary(), "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
             "--dir", str(d), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
             "--daemonize", "no", "--logfile", str(d / "redis.log")]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent_fn())
+    # PDEATHSIG without Python code in the forked child where util-linux's setpriv exists: a preexec_fn
+    # forces fork(), and a fork while gRPC threads run (an edge node opens its port before its bus)
+    # can abort the child (CI: "embedded redis-server exited with -6"); without one, Popen uses vfork
+    setpriv = shutil.which("setpriv")
+    if setpriv:
+        proc = subprocess.Popen([setpriv, "--pdeathsig", "TERM", "--", *args], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    else:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                preexec_fn=_die_with_parent_fn())
     deadline = time.monotonic() + timeout_s
     while True:
         if proc.poll() is not None:

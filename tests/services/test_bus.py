@@ -522,3 +522,42 @@ def test_embedded_redis_refuses_a_second_server_and_dies_with_its_parent(tmp_pat
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_embedded_redis_starts_without_forking_a_process_with_grpc_threads(tmp_path):
+    """An edge node opens its gRPC port before it starts its embedded Redis. A fork() while gRPC
+    threads run can abort the child (seen once in CI: "embedded redis-server exited with -6"), so the
+    server is spawned without Python code after the fork (setpriv sets PDEATHSIG), and gRPC never
+    reports a fork."""
+    import shutil
+    import subprocess
+    import sys
+
+    if not shutil.which("setpriv"):
+        pytest.skip("no setpriv (util-linux): the preexec_fn fallback forks")
+    code = f"""
+import threading, grpc
+from concurrent import futures
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from services.bus import embedded_redis
+srv = grpc.server(futures.ThreadPoolExecutor(2))
+health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), srv)
+port = srv.add_insecure_port("127.0.0.1:0")
+srv.start()
+stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{{port}}"))
+busy = threading.Event()
+def hammer():
+    while True:
+        stub.Check(health_pb2.HealthCheckRequest())
+        busy.set()
+threading.Thread(target=hammer, daemon=True).start()
+busy.wait(10)
+for i in range(3):
+    url, stop = embedded_redis({str(tmp_path)!r} + f"/r{{i}}")
+    stop()
+print("ok", flush=True)
+"""
+    env = {**os.environ, "GRPC_VERBOSITY": "INFO"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert "ok" in r.stdout, r.stderr[-2000:]
+    assert "fork()" not in r.stderr, r.stderr[-2000:]
