@@ -41,6 +41,7 @@ class TrainConfig:
     loss: str = "sal_focal"  # ce | sal | sal_focal
     w_sim: float = 1.0  # DSP partition weights: (1, 0) DSP only, (0, 1) CTC only
     w_ctc: float = 1.0
+    ctc_weight: float = 1.0  # weight of the CTC (phoneme recognition) loss in the total
     use_matcher: bool = True
     confusable: bool = True
     feat_aug: bool = True  # random spectral tilt + frequency masks on the log-mel features (training only)
@@ -279,7 +280,7 @@ class Trainer:
             for g in self.opt.param_groups:
                 g["lr"] = self.lr_at(self.step, (time.time() - t0) / 60 + self.elapsed_min)
             ls = self.losses([data[i] for i in idx])
-            total = ls["ctc"] + ls["proto"] + ls.get("stream", 0) + ls.get("utt", 0) + 0.5 * ls.get("sub", 0)
+            total = c.ctc_weight * ls["ctc"] + ls["proto"] + ls.get("stream", 0) + ls.get("utt", 0) + 0.5 * ls.get("sub", 0)
             self.opt.zero_grad(set_to_none=True)
             total.backward()
             torch.nn.utils.clip_grad_norm_(list(self.model.parameters()) + list(self.matcher.parameters()), 5.0)
