@@ -36,7 +36,8 @@ _LATIN_WORD = re.compile(r"[a-z]+(?:'[a-z]+)*'?")
 _NLTK_LOCK = threading.Lock()
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """Where derived files are kept (``WAKELINE_CACHE``, default ``~/.cache/wakeline``)."""
     root = os.environ.get("WAKELINE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "wakeline")
     return Path(root)
 
@@ -59,7 +60,7 @@ def ensure_nltk_data() -> Path:
     format; the tagger zips are placeholders (the tagger itself is replaced, see below).
     """
     try:
-        return _build_nltk_data(_cache_dir() / "nltk_data")
+        return _build_nltk_data(cache_dir() / "nltk_data")
     except OSError:  # read-only home (containers): fall back to the temp folder
         return _build_nltk_data(Path(tempfile.gettempdir()) / f"wakeline-nltk-{os.getuid()}")
 

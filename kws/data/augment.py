@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.phonemizer import cache_dir
 from kws.data.utterance import SAMPLE_RATE, Utterance
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,7 @@ def noise_bank_path() -> Path:
     env = os.environ.get("WAKELINE_NOISE_BANK")
     if env:
         return Path(env)
-    root = os.environ.get("WAKELINE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "wakeline")
-    return Path(root) / "noise_bank.npz"
+    return cache_dir() / "noise_bank.npz"
 
 
 def build_noise_bank(path: Path | None = None) -> Path:

