@@ -24,7 +24,7 @@ import torch.distributed as dist
 from tp_common import median_max_over_ranks, tp_parser, write_json  # bench/ is the script's directory
 
 from llm.kernels import quantize_pack as qp
-from llm.parallel import comm
+from llm.parallel import comm, p2p
 from llm.parallel.quant_comm import Calibration, QuantAllReduce, QuantCommConfig
 from llm.parallel.state import init_tp
 
@@ -120,10 +120,12 @@ def main() -> None:
     cal = fake_calibration(w)
     # the kernels' tiles and warps: the library defaults (bench/tp_kernels.py sweeps them on one GPU)
     quants = {
-        "one_shot": QuantAllReduce(QuantCommConfig(min_bytes=0), cal),
+        "one_shot": QuantAllReduce(QuantCommConfig(min_bytes=0, transport="nccl"), cal),
         "pipelined": QuantAllReduce(QuantCommConfig(min_bytes=0, chunks=4), cal),
         "two_shot": QuantAllReduce(QuantCommConfig(min_bytes=0, mode="two_shot"), cal),
     }
+    if p2p.available(None, dev):  # one-shot with the quantize kernel pushing into mapped peer buffers
+        quants["p2p"] = QuantAllReduce(QuantCommConfig(min_bytes=0, transport="p2p"), cal)
 
     def call(q, x):
         q(x, "bench")
@@ -160,11 +162,12 @@ def main() -> None:
                   f"1shot {row['one_shot_s'] * 1e6:9.1f} us ({row['speedup_one_shot']:.2f}x)  "
                   f"pipe {row['pipelined_s'] * 1e6:9.1f} us ({row['speedup_pipelined']:.2f}x)  "
                   f"2shot {row['two_shot_s'] * 1e6:9.1f} us ({row['speedup_two_shot']:.2f}x)  "
-                  f"[q {row['quantize_s'] * 1e6:.1f} ag {row['allgather_payload_s'] * 1e6:.1f} "
+                  + (f"p2p {row['p2p_s'] * 1e6:9.1f} us ({row['speedup_p2p']:.2f}x)  " if "p2p" in quants else "")
+                  + f"[q {row['quantize_s'] * 1e6:.1f} ag {row['allgather_payload_s'] * 1e6:.1f} "
                   f"dq {row['dequant_sum_s'] * 1e6:.1f}]", flush=True)
     gate = None
     for r in reversed(rows_out):
-        if min(r["one_shot_s"], r["pipelined_s"], r["two_shot_s"]) < r["nccl_bf16_s"]:
+        if min(r[f"{name}_s"] for name in quants) < r["nccl_bf16_s"]:
             gate = r["bytes"]
         else:
             break
@@ -173,6 +176,7 @@ def main() -> None:
            "tile": [quants["one_shot"].cfg.block_r, quants["one_shot"].cfg.block_g, quants["one_shot"].cfg.num_warps],
            "bits_per_value": quants["one_shot"].bits_per_value(H),
            "nccl_p2p_disable": os.environ.get("NCCL_P2P_DISABLE", ""), "gate_min_bytes": gate,
+           "paths": sorted(quants),
            "smoke": smoke, "rows": rows_out}
     if st.rank == 0:
         write_json(args.out, res)

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from tp_common import median_max_over_ranks, tp_parser, write_json  # bench/ is the script's directory
 
 from llm.model import ModelArgs, Transformer
-from llm.parallel import comm
+from llm.parallel import comm, p2p
 from llm.parallel.quant_comm import Calibration, QuantAllReduce, QuantCommConfig
 from llm.parallel.state import init_tp
 from llm.parallel.tp import apply_tp, reduction_sites
@@ -124,9 +124,11 @@ def main() -> None:
     # ones stay on NCCL); the production default (default_min_bytes) may switch it off on NVLink
     min_bytes = 0 if smoke else 1 << 20
     modes = {"nccl_bf16": None,
-             "quant_one_shot": QuantAllReduce(QuantCommConfig(min_bytes=min_bytes), cal),
+             "quant_one_shot": QuantAllReduce(QuantCommConfig(min_bytes=min_bytes, transport="nccl"), cal),
              "quant_pipelined": QuantAllReduce(QuantCommConfig(min_bytes=min_bytes, chunks=4), cal),
              "quant_two_shot": QuantAllReduce(QuantCommConfig(min_bytes=min_bytes, mode="two_shot"), cal)}
+    if p2p.available(None, dev):  # one-shot, the quantize kernel pushing into mapped peer buffers
+        modes["quant_p2p"] = QuantAllReduce(QuantCommConfig(min_bytes=min_bytes, transport="p2p"), cal)
     res = {"tag": args.tag, "world_size": w, "shape": shape, "dtype": str(dtype), "smoke": smoke,
            "nccl_p2p_disable": os.environ.get("NCCL_P2P_DISABLE", ""), "gate_min_bytes": min_bytes,
            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
@@ -174,7 +176,8 @@ def main() -> None:
         for s, d in res["prefill"].items():
             print(f"TTFT reduction at {s}: one-shot {d['quant_one_shot']['ttft_reduction']:.1%}, "
                   f"pipelined {d['quant_pipelined']['ttft_reduction']:.1%}, "
-                  f"two-shot {d['quant_two_shot']['ttft_reduction']:.1%}")
+                  f"two-shot {d['quant_two_shot']['ttft_reduction']:.1%}"
+                  + (f", p2p {d['quant_p2p']['ttft_reduction']:.1%}" if "quant_p2p" in d else ""))
     dist.barrier()
     dist.destroy_process_group()
 

@@ -93,7 +93,7 @@ def dequant_sum(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor, keep
                 block_g: int | None = None, num_warps: int = NUM_WARPS, block_r: int | None = None) -> torch.Tensor:
     """Triton launcher, one kernel for groups and outlier channels: same result as `dequant_sum_ref`.
 
-    bufs is [W, lay.total] uint8, contiguous; outlier_idx int32, sorted; keep is unused (the quantize
+    bufs is [W, >= lay.total] uint8, rows contiguous, row stride a multiple of 16; outlier_idx int32, sorted; keep is unused (the quantize
     side's signature). out ([N, H], unit stride along H) may be the tensor that was quantized: the sum
     overwrites it in place. One launch, no allocation when `out` is given, no host sync.
     """
@@ -105,13 +105,13 @@ def dequant_sum(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor, keep
         out = torch.empty(n, h, dtype=out_dtype, device=bufs.device)
     so = out.stride(0)
     key = (w, n, h, lay.group, k, so, out.dtype, block_g, block_r, num_warps, bufs.data_ptr() % 16,
-           out.data_ptr() % 16)
+           out.data_ptr() % 16, bufs.stride(0))
     plan = _plans.get(key)
     if plan is None:
         br, bg = tile_shape(n, lay.n_groups, block_g, block_r)
         meta = (w, lay.group, br, bg, block_k(k), pairable(out), h % lay.group == 0, k > 0, INTERPRET)
         plan = ((-(-n // br), -(-lay.n_groups // bg), 1),
-                (lay.total, n, lay.packed_bytes, h // 2, lay.n_groups, k, lay.off_scales, lay.off_outliers, so,
+                (bufs.stride(0), n, lay.packed_bytes, h // 2, lay.n_groups, k, lay.off_scales, lay.off_outliers, so,
                  so // 2) + meta)
         if len(_plans) > 1024:  # prefill lengths vary: keep the cache bounded
             _plans.clear()

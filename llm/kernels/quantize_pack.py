@@ -236,14 +236,16 @@ if triton is not None:
         return kk, idx, mo, rk.to(tl.int64)[:, None]
 
     @triton.jit
-    def _quantize_pack_kernel(x_ptr, e_ptr, keep_ptr, idx_ptr, buf_ptr, N, PB, H2, NG, K, stride_x, stride_xw,
-                              stride_e, stride_ew, OFF_S, OFF_O, INV_Q,
+    def _quantize_pack_kernel(x_ptr, e_ptr, keep_ptr, idx_ptr, buf_ptr, peer_ptr, N, PB, H2, NG, K, stride_x,
+                              stride_xw, stride_e, stride_ew, OFF_S, OFF_O, INV_Q,
                               GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
                               BLOCK_K: tl.constexpr, PAIRED: tl.constexpr, EVEN: tl.constexpr,
                               ERR_IN: tl.constexpr, ERR_OUT: tl.constexpr, HAS_OUTL: tl.constexpr,
-                              EXACT_DIV: tl.constexpr, INTERP: tl.constexpr):
+                              EXACT_DIV: tl.constexpr, INTERP: tl.constexpr, N_PEERS: tl.constexpr):
         # One pass over BLOCK_R rows x BLOCK_G groups. Strides: stride_* in elements, stride_*w in 32-bit
         # words (PAIRED); OFF_S / OFF_O: byte offsets of the scales (fp16) and outliers (bf16) in buf.
+        # N_PEERS > 0: every store of the message is repeated at buf + peer_ptr[p] (int64 byte distances
+        # to other ranks' copies of this slot, mapped peer memory): the kernel pushes the message itself.
         sc_ptr = (buf_ptr + OFF_S).to(tl.pointer_type(tl.float16), bitcast=True)
         ol_ptr = (buf_ptr + OFF_O).to(tl.pointer_type(tl.bfloat16), bitcast=True)
         if HAS_OUTL:
@@ -255,6 +257,10 @@ if triton is not None:
                 v -= tl.load(e_ptr + rk64 * stride_e + idx[None, :], mask=mo, other=0.0).to(tl.float32)
             vb = v.to(tl.bfloat16)
             tl.store(ol_ptr + rk64 * K + kk[None, :], vb, mask=mo)
+            for p in tl.static_range(N_PEERS):
+                dp = tl.load(peer_ptr + p)
+                tl.store((buf_ptr + dp + OFF_O).to(tl.pointer_type(tl.bfloat16), bitcast=True) + rk64 * K
+                         + kk[None, :], vb, mask=mo)
         r, g, j, ok, m0, m1 = tile(N, PB, H2, NG, GROUP, BLOCK_R, BLOCK_G, EVEN)
         r64 = r.to(tl.int64)[:, None]
         # i0, i1: channels 2j, 2j+1 of x - err with the outlier channels zeroed (they leave their group,
@@ -292,6 +298,10 @@ if triton is not None:
         amax = tl.max(tl.maximum(tl.abs(i0), tl.abs(i1)), axis=1)
         sc = tl.minimum(amax * INV_Q, 65504.0).to(tl.float16)
         tl.store(sc_ptr + r.to(tl.int64) * NG + g, sc, mask=ok)
+        for p in tl.static_range(N_PEERS):
+            dp = tl.load(peer_ptr + p)
+            tl.store((buf_ptr + dp + OFF_S).to(tl.pointer_type(tl.float16), bitcast=True) + r.to(tl.int64) * NG + g,
+                     sc, mask=ok)
         scf = sc.to(tl.float32)
         # a zero scale means |inliers| < 2^-22: x * 1 rounds to code 0 as the reference's where() does
         safe = tl.where(scf > 0, scf, 1.0)
@@ -317,7 +327,11 @@ if triton is not None:
         c0 = tl.minimum(tl.maximum(c0, -7), 7)
         c1 = tl.minimum(tl.maximum(c1, -7), 7)
         # (c0 + 8) | (c1 + 8) << 4, in [17, 255]; 4 bytes per store and thread (byte_offsets)
-        tl.store(buf_ptr + byte_offsets(r64 * PB + j), (c0 + c1 * 16 + 136).to(tl.uint8), mask=m0)
+        codes = (c0 + c1 * 16 + 136).to(tl.uint8)
+        tl.store(buf_ptr + byte_offsets(r64 * PB + j), codes, mask=m0)
+        for p in tl.static_range(N_PEERS):
+            dp = tl.load(peer_ptr + p)
+            tl.store(buf_ptr + dp + byte_offsets(r64 * PB + j), codes, mask=m0)
         if ERR_OUT:
             # the product of a code and an fp16 scale is exact in fp32: one rounding, as in the reference
             d0 = tl.fma(c0.to(tl.float32), scf[:, None], -x0)
@@ -362,11 +376,13 @@ def block_k(k: int) -> int:
 def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, keep: torch.Tensor, group: int,
                   out: torch.Tensor | None = None, block_g: int | None = None, err: torch.Tensor | None = None,
                   err_in: bool = True, num_warps: int = NUM_WARPS, exact_div: bool = EXACT_DIV,
-                  block_r: int | None = None) -> torch.Tensor:
+                  block_r: int | None = None, peers: torch.Tensor | None = None) -> torch.Tensor:
     """Triton launcher: same result as `quantize_pack_ref` (x [N, H] row-major; outlier_idx int32 sorted;
     keep = keep_map(outlier_idx, H)). One launch, no allocation when `out` is given, no host sync.
 
     block_r x block_g (rows x groups of `group` channels) is one program's tile (`tile_shape()`).
+    peers: int64 [P] on x's device, byte distances from `out` to P more copies of the message that the
+    kernel writes as well (other ranks' buffers mapped into this process: `llm.parallel.p2p`).
     """
     if triton is None:
         raise RuntimeError("triton is not installed; use quantize_pack_ref")
@@ -379,22 +395,24 @@ def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, keep: torch.Tensor
     e = x if err is None else err
     sx, se = x.stride(0), e.stride(0)
     # everything the launch depends on besides the tensors' addresses (their alignment is in the key)
+    n_peers = 0 if peers is None else peers.numel()
     key = (n, h, sx, se, x.dtype, e.dtype, k, group, err is not None, err_in, block_g, block_r, num_warps,
-           exact_div, x.data_ptr() % 16, e.data_ptr() % 16, out.data_ptr() % 16)
+           exact_div, x.data_ptr() % 16, e.data_ptr() % 16, out.data_ptr() % 16, n_peers)
     plan = _plans.get(key)
     if plan is None:
-        plan = _plan(x, e, out, k, group, err is not None and err_in, err is not None, block_g, block_r, exact_div)
+        plan = _plan(x, e, out, k, group, err is not None and err_in, err is not None, block_g, block_r, exact_div,
+                     n_peers)
         if len(_plans) > 1024:  # prefill lengths vary: keep the cache bounded
             _plans.clear()
         _plans[key] = plan
-    _launch(key, plan[0], (x, e, keep, outlier_idx, out) + plan[1], num_warps)
+    _launch(key, plan[0], (x, e, keep, outlier_idx, out, keep if peers is None else peers) + plan[1], num_warps)
     return out
 
 
 _plans: dict[tuple, tuple] = {}
 
 
-def _plan(x, e, out, k, group, err_in, err_out, block_g, block_r, exact_div) -> tuple[tuple, tuple]:
+def _plan(x, e, out, k, group, err_in, err_out, block_g, block_r, exact_div, n_peers=0) -> tuple[tuple, tuple]:
     """(grid, the scalar and constexpr arguments) of one quantize launch."""
     if group & (group - 1):
         raise ValueError(f"the Triton kernels need a power-of-two group size, got {group}")
@@ -404,7 +422,8 @@ def _plan(x, e, out, k, group, err_in, err_out, block_g, block_r, exact_div) -> 
         raise ValueError(f"out has {out.numel()} bytes, the message needs {lay.total}")
     br, bg = tile_shape(n, lay.n_groups, block_g, block_r)
     sx, se = x.stride(0), e.stride(0)
-    meta = (group, br, bg, block_k(k), pairable(x, e), h % group == 0, err_in, err_out, k > 0, exact_div, INTERPRET)
+    meta = (group, br, bg, block_k(k), pairable(x, e), h % group == 0, err_in, err_out, k > 0, exact_div, INTERPRET,
+            n_peers)
     return ((-(-n // br), -(-lay.n_groups // bg), 1),
             (n, lay.packed_bytes, h // 2, lay.n_groups, k, sx, sx // 2, se, se // 2, lay.off_scales,
              lay.off_outliers, INV_QMAX) + meta)

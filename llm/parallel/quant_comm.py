@@ -7,7 +7,9 @@ travel exactly in bf16 and every other value as a 4-bit code in groups of G chan
 scale per group. Two ways to reduce:
 
 - one-shot: all-gather every rank's quantized partial, then each rank dequantizes and sums all W
-  in fp32 (one quantization error, (W-1) x payload received per rank);
+  in fp32 (one quantization error, (W-1) x payload received per rank); on GPUs with peer access the
+  quantize kernel pushes its message into the peers' mapped buffers instead of an NCCL all-gather
+  (`llm.parallel.p2p`, transport "p2p");
 - two-shot: all-to-all row chunks, each rank dequantizes + sums its chunk, re-quantizes it and
   all-gathers the chunks (two quantization errors, 2 (W-1)/W x payload per rank).
 
@@ -77,10 +79,15 @@ class QuantCommConfig:
     error_feedback: bool = True    # carry each rank's quantization error to the next site (module doc)
     chunks: int = 1                # one-shot pipeline: quantize / all-gather / dequant of row chunks overlap
     chunk_min_bytes: int = 16 << 20  # fewer chunks than `chunks` when they would be smaller than this
+    # how one-shot messages travel: "nccl" (all-gather), "p2p" (the quantize kernel pushes them into the
+    # peers' mapped buffers, llm.parallel.p2p; needs peer access), "auto" (p2p where available)
+    transport: str = "auto"
 
     def __post_init__(self) -> None:
         if self.mode not in ("one_shot", "two_shot"):
             raise ValueError(f"mode must be one_shot or two_shot, got {self.mode!r}")
+        if self.transport not in ("auto", "nccl", "p2p"):
+            raise ValueError(f"transport must be auto, nccl or p2p, got {self.transport!r}")
         if self.group_size <= 0 or self.group_size % 2:
             raise ValueError(f"group_size must be a positive even number, got {self.group_size}")
         if self.outlier_div < 0:
@@ -191,6 +198,7 @@ class QuantAllReduce:
         self._valid = False                # whether _err holds the previous site's error
         self._bufs: dict[tuple, tuple[torch.Tensor, ...]] = {}  # all-gather targets, reused
         self._world: tuple[int, int] | None = None  # (size, rank) of the group, read once
+        self._p2p = None                   # P2PWorkspace, False where messages go through NCCL
 
     def min_bytes(self, device: torch.device) -> int:
         """Messages of at least this many bytes take the low-bit path."""
@@ -220,11 +228,14 @@ class QuantAllReduce:
         return x.is_cuda and qp.triton is not None
 
     def quantize(self, x2: torch.Tensor, s: _Site, out: torch.Tensor | None = None,
-                 err: torch.Tensor | None = None, err_in: bool = True) -> torch.Tensor:
-        """One rank's message for x2 [N, H]; with err, error feedback (read unless not err_in, then written)."""
+                 err: torch.Tensor | None = None, err_in: bool = True,
+                 peers: torch.Tensor | None = None) -> torch.Tensor:
+        """One rank's message for x2 [N, H]; with err, error feedback (read unless not err_in, then written);
+        with peers (Triton only), also written at those byte distances from out (the p2p transport)."""
         if self._triton(x2):
             return qp.quantize_pack(x2, s.idx, s.keep, self.cfg.group_size, out=out, block_g=self.cfg.block_g,
-                                    err=err, err_in=err_in, num_warps=self.cfg.num_warps, block_r=self.cfg.block_r)
+                                    err=err, err_in=err_in, num_warps=self.cfg.num_warps, block_r=self.cfg.block_r,
+                                    peers=peers)
         return qp.quantize_pack_ref(x2, s.idx_long, self.cfg.group_size, out=out, err=err, err_in=err_in)
 
     def dequant_sum(self, bufs: torch.Tensor, lay: qp.Layout, s: _Site, dtype: torch.dtype,
@@ -252,6 +263,19 @@ class QuantAllReduce:
             t = torch.empty(w, nbytes, dtype=torch.uint8, device=device)
             b = self._bufs[key] = (t, t.view(-1), t[rank])
         return b
+
+    def p2p(self, x: torch.Tensor):
+        """The p2p workspace when one-shot messages travel through mapped peer memory, else None."""
+        if self._p2p is None:
+            from llm.parallel import p2p
+
+            want = self.cfg.transport
+            ok = want != "nccl" and self._triton(x) and p2p.available(self.group, x.device)
+            if want == "p2p" and not ok:
+                raise RuntimeError("transport='p2p' needs CUDA peer access between all ranks and Triton")
+            self._p2p = p2p.P2PWorkspace(self.group, x.device) if ok else False
+            log.info("quantized all-reduce transport: %s", "p2p" if ok else "nccl")
+        return self._p2p or None
 
     def _group(self) -> tuple[int, int]:
         if self._world is None:
@@ -297,10 +321,17 @@ class QuantAllReduce:
             if c > 1:
                 return self._pipelined(x2, s, w, err, carry, c).view(shape)
         lay = qp.layout(n, h, self.cfg.group_size, s.idx.numel())
-        bufs, flat, mine = self._buffer("one", w, lay.total, x.device, rank)
-        # quantize straight into this rank's slot of the gather buffer (in-place all-gather)
-        self.quantize(x2, s, out=mine, err=err, err_in=carry)
-        _gather(flat, mine, group=self.group)
+        ws = self.p2p(x2)
+        if ws is not None:
+            # the kernel writes the message into this rank's row here and in every peer's buffer
+            bufs, mine, peers = ws.slot(lay.total)
+            self.quantize(x2, s, out=mine, err=err, err_in=carry, peers=peers)
+            ws.barrier()
+        else:
+            bufs, flat, mine = self._buffer("one", w, lay.total, x.device, rank)
+            # quantize straight into this rank's slot of the gather buffer (in-place all-gather)
+            self.quantize(x2, s, out=mine, err=err, err_in=carry)
+            _gather(flat, mine, group=self.group)
         # x2 has been consumed by the quantize kernel (stream order): the sum goes into it
         out = self.dequant_sum(bufs, lay, s, x.dtype, out=x2)
         return out if x2 is x else out.view(shape)

@@ -58,6 +58,12 @@ def _check(qp, ds, n, h, group, k, dtype, device, seed, world=3, block_g=2, bloc
         tol = 1e-5 if out_dtype == torch.float32 else 2 ** -7
         torch.testing.assert_close(got_sum.float(), ref_sum.to(out_dtype).float(), rtol=tol,
                                    atol=tol * ref_sum.abs().max().item())
+    # rows further apart than one message (the p2p workspace's 256-byte row stride)
+    padded = torch.zeros(world, lay.total + 48, dtype=torch.uint8, device=device)
+    padded[:, : lay.total] = stacked
+    got_sum = ds.dequant_sum(padded[:, : lay.total], lay, idx, keep, out_dtype=torch.float32, block_g=block_g,
+                             block_r=block_r)
+    torch.testing.assert_close(got_sum, ref_sum, rtol=1e-5, atol=1e-5 * ref_sum.abs().max().item())
     exact = sum(x.float() for x in xs)
     # error bound per rank: the clipped top 1/8 of a group's range (> half a step of absmax / 8), and
     # bf16 rounding on outliers
@@ -90,6 +96,26 @@ def _check_error_feedback(qp, n, h, group, k, dtype, device, seed, block_g=2, bl
             torch.testing.assert_close(e.float(), want, rtol=2 ** -7, atol=1e-5 * target.abs().max().item())
 
 
+def _check_peers(qp, n, h, group, k, dtype, device, seed, n_peers=2):
+    """The pushing quantize (peers): the same message in `out` and, byte for byte, in every peer copy."""
+    x, idx = _case(n, h, k, dtype, device, seed)
+    keep = qp.keep_map(idx, h)
+    lay = qp.layout(n, h, group, k)
+    ref = torch.zeros(lay.total, dtype=torch.uint8, device=device)  # the padding too: zeros everywhere
+    qp.quantize_pack(x, idx, keep, group, out=ref, err=torch.zeros_like(x), err_in=True)
+    out = torch.zeros(lay.total, dtype=torch.uint8, device=device)
+    # separate allocations at other 16-byte alignments within their pages, as other ranks' buffers are
+    backing = [torch.zeros(lay.total + 64, dtype=torch.uint8, device=device) for _ in range(n_peers)]
+    copies = [b[16 * (i + 1): 16 * (i + 1) + lay.total] for i, b in enumerate(backing)]
+    peers = torch.tensor([c.data_ptr() - out.data_ptr() for c in copies], dtype=torch.int64, device=device)
+    err = torch.zeros_like(x)
+    qp.quantize_pack(x, idx, keep, group, out=out, err=err, err_in=True, peers=peers)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    for i, (c, b) in enumerate(zip(copies, backing, strict=True)):
+        torch.testing.assert_close(c, out, rtol=0, atol=0)
+        assert not b[: 16 * (i + 1)].any() and not b[16 * (i + 1) + lay.total:].any()  # nothing outside the slot
+
+
 def _dequant_one(qp, buf, lay, idx):
     from llm.kernels.dequant_sum import dequant_sum_ref
 
@@ -109,6 +135,8 @@ def _interpreted_cases() -> None:
     # the default tiles (whole rows, several rows per program), rows not a multiple of the tile
     _check(qp, ds, 11, 512, 128, 8, torch.bfloat16, "cpu", seed=7, block_g=None)
     _check_error_feedback(qp, 11, 512, 128, 8, torch.bfloat16, "cpu", seed=8, block_g=None)
+    _check_peers(qp, 11, 512, 128, 8, torch.bfloat16, "cpu", seed=9)
+    _check_peers(qp, 5, 130, 16, 0, torch.float32, "cpu", seed=10, n_peers=1)
     print("interpreted kernels ok")
 
 
@@ -171,3 +199,4 @@ def test_kernels_match_reference_cuda(n, h, group, k):
             _check(qp, ds, n, h, group, k, dtype, "cuda", seed=n + h, block_g=block_g, block_r=block_r)
         for block_g in (None, 4):
             _check_error_feedback(qp, n, h, group, k, dtype, "cuda", seed=n * h, block_g=block_g)
+        _check_peers(qp, n, h, group, k, dtype, "cuda", seed=n + 2 * h)
