@@ -17,7 +17,10 @@ quantize kernel moves the message itself:
 Two buffers alternate: a rank's push of call i+2 into buffer i % 2 can only start after barrier i+1,
 which every peer reaches only after its dequant+sum of call i has read that buffer (stream order). So
 one barrier per reduction. Everything is a kernel on the current stream: no host sync, capturable in a
-CUDA graph once the workspace is large enough (grown, collectively, on first use of a size).
+CUDA graph once the workspace is large enough (grown, collectively, on first use of a size). A graph
+replays the buffers it captured, so it must hold an even number of these reductions (a transformer
+forward holds two per layer): with an odd number, replay i+1's first push would reuse the buffer of
+replay i's last reduction with no barrier in between.
 
 Needs CUDA peer access between all ranks' GPUs (one host); `available()` says whether this process
 can use it. NVLink multicast is never used (TORCH_SYMM_MEM_DISABLE_MULTICAST=1 is fine).
@@ -46,6 +49,8 @@ def available(group=None, device: torch.device | None = None) -> bool:
     if os.environ.get("NCCL_P2P_DISABLE", "0") == "1" or os.environ.get("WAKELINE_P2P", "1") == "0":
         return False  # asked for a PCIe-like path: honour it here too
     w = dist.get_world_size(group)
+    if w < 2:
+        return False
     local = int(os.environ.get("LOCAL_WORLD_SIZE", w) or w)
     if local < w or torch.cuda.device_count() < w:
         return False  # ranks on several hosts
@@ -71,6 +76,7 @@ class P2PWorkspace:
         self._deltas: torch.Tensor | None = None  # int64 [W-1] on the device
         self._views: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._parity = 0
+        self.captured = 0  # reductions recorded into CUDA graphs (their count must be even, see above)
 
     @property
     def capacity(self) -> int:
@@ -110,6 +116,8 @@ class P2PWorkspace:
         if need > self.capacity:
             self._grow(need)
         self._parity ^= 1
+        if torch.cuda.is_current_stream_capturing():
+            self.captured += 1
         key = (nbytes, self._parity)
         v = self._views.get(key)
         if v is None:
