@@ -381,8 +381,8 @@ def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, keep: torch.Tensor
     keep = keep_map(outlier_idx, H)). One launch, no allocation when `out` is given, no host sync.
 
     block_r x block_g (rows x groups of `group` channels) is one program's tile (`tile_shape()`).
-    peers: int64 [P] on x's device, byte distances from `out` to P more copies of the message that the
-    kernel writes as well (other ranks' buffers mapped into this process: `llm.parallel.p2p`).
+    peers: int64 [P] on x's device (P <= 1), the byte distance from `out` to another copy of the message
+    that the kernel writes as well (the other rank's buffer mapped into this process: `llm.parallel.p2p`).
     """
     if triton is None:
         raise RuntimeError("triton is not installed; use quantize_pack_ref")
@@ -396,6 +396,10 @@ def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, keep: torch.Tensor
     sx, se = x.stride(0), e.stride(0)
     # everything the launch depends on besides the tensors' addresses (their alignment is in the key)
     n_peers = 0 if peers is None else peers.numel()
+    if n_peers > 1:
+        # Triton 3.6 on an H100 miscompiled two peer copies (fp32 input, 4096 channels: bytes 4-7 of every
+        # 64 of the codes lost their +136 offset); one peer is bit-exact on every tested shape
+        raise ValueError(f"quantize_pack pushes to at most one peer, got {n_peers}")
     key = (n, h, sx, se, x.dtype, e.dtype, k, group, err is not None, err_in, block_g, block_r, num_warps,
            exact_div, x.data_ptr() % 16, e.data_ptr() % 16, out.data_ptr() % 16, n_peers)
     plan = _plans.get(key)

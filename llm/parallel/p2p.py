@@ -22,8 +22,9 @@ replays the buffers it captured, so it must hold an even number of these reducti
 forward holds two per layer): with an odd number, replay i+1's first push would reuse the buffer of
 replay i's last reduction with no barrier in between.
 
-Needs CUDA peer access between all ranks' GPUs (one host); `available()` says whether this process
-can use it. NVLink multicast is never used (TORCH_SYMM_MEM_DISABLE_MULTICAST=1 is fine).
+Needs CUDA peer access between the two ranks' GPUs (one host) and TP=2: the kernel pushes to one peer
+(two peer copies hit a Triton miscompile, quantize_pack); larger groups keep NCCL's all-gather.
+`available()` says whether this process can use it. NVLink multicast is never used (TORCH_SYMM_MEM_DISABLE_MULTICAST=1 is fine).
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def available(group=None, device: torch.device | None = None) -> bool:
     if os.environ.get("NCCL_P2P_DISABLE", "0") == "1" or os.environ.get("WAKELINE_P2P", "1") == "0":
         return False  # asked for a PCIe-like path: honour it here too
     w = dist.get_world_size(group)
-    if w < 2:
-        return False
+    if w != 2:
+        return False  # the pushing kernel writes one peer copy (see quantize_pack): TP=2 only
     local = int(os.environ.get("LOCAL_WORLD_SIZE", w) or w)
     if local < w or torch.cuda.device_count() < w:
         return False  # ranks on several hosts
