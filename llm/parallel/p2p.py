@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -95,7 +96,9 @@ class P2PWorkspace:
         name = (self.group or dist.group.WORLD).group_name
         enable = getattr(symm_mem, "enable_symm_mem_for_group", None)
         if enable is not None and not symm_mem.is_symm_mem_enabled_for_group(name):
-            enable(name)
+            with warnings.catch_warnings():  # needed before torch 2.9, a deprecated no-op since
+                warnings.simplefilter("ignore", FutureWarning)
+                enable(name)
         torch.cuda.current_stream().synchronize()  # the old workspace may still be read
         buf = symm_mem.empty(size, dtype=torch.uint8, device=self.device)
         handle = symm_mem.rendezvous(buf, name)

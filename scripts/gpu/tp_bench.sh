@@ -11,7 +11,7 @@ OUT_ROOT=${OUT:-$PWD/runs}
 D=$OUT_ROOT/$NAME
 mkdir -p "$D"
 export PYTHONPATH=$PWD:$PWD/protos${PYTHONPATH:+:$PYTHONPATH}
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=1 OMP_NUM_THREADS=4
 BUDGET=${BUDGET:-400}
 DEV=cuda
@@ -32,7 +32,7 @@ main() {
   install_test_wheels
   local run="torchrun --standalone --nproc-per-node $NPROC"
   if [ "$DEV" = cuda ]; then
-    step kernel_tests 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/llm/test_kernels_quant.py
+    step kernel_tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/llm/test_kernels_quant.py tests/llm/test_p2p.py
     step kernels 100 python3 bench/tp_kernels.py --device cuda --no-sweep --out "$D/kernels.json"
   fi
   step comm_nvlink 110 $run bench/tp_comm.py --device $DEV --tag nvlink --out "$D/comm_nvlink.json"
