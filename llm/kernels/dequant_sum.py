@@ -93,8 +93,8 @@ def dequant_sum(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor, keep
                 block_g: int | None = None, num_warps: int = NUM_WARPS, block_r: int | None = None) -> torch.Tensor:
     """Triton launcher, one kernel for groups and outlier channels: same result as `dequant_sum_ref`.
 
-    bufs is [W, >= lay.total] uint8, rows contiguous, row stride a multiple of 16; outlier_idx int32, sorted; keep is unused (the quantize
-    side's signature). out ([N, H], unit stride along H) may be the tensor that was quantized: the sum
+    bufs is [W, >= lay.total] uint8, rows contiguous, row stride a multiple of 16; outlier_idx int32,
+    sorted; keep is unused (the quantize side's signature). out ([N, H], unit stride along H) may be the tensor that was quantized: the sum
     overwrites it in place. One launch, no allocation when `out` is given, no host sync.
     """
     if triton is None:

@@ -394,12 +394,12 @@ def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, keep: torch.Tensor
         out = torch.empty(layout(n, h, group, k).total, dtype=torch.uint8, device=x.device)
     e = x if err is None else err
     sx, se = x.stride(0), e.stride(0)
-    # everything the launch depends on besides the tensors' addresses (their alignment is in the key)
     n_peers = 0 if peers is None else peers.numel()
     if n_peers > 1:
         # Triton 3.6 on an H100 miscompiled two peer copies (fp32 input, 4096 channels: bytes 4-7 of every
         # 64 of the codes lost their +136 offset); one peer is bit-exact on every tested shape
         raise ValueError(f"quantize_pack pushes to at most one peer, got {n_peers}")
+    # everything the launch depends on besides the tensors' addresses (their alignment is in the key)
     key = (n, h, sx, se, x.dtype, e.dtype, k, group, err is not None, err_in, block_g, block_r, num_warps,
            exact_div, x.data_ptr() % 16, e.data_ptr() % 16, out.data_ptr() % 16, n_peers)
     plan = _plans.get(key)

@@ -50,8 +50,8 @@ CALIB_VERSION = 1
 GATE_NVLINK: int | None = None  # None: never quantize
 GATE_NO_P2P: int = 1 << 20
 # With the p2p transport (session 6, 2 x H200, docs/bench/tp.md): faster than NCCL bf16 from 4 MB at every
-# larger size (1.36x at 4 MB, 1.75x at 32 MB, 2.06x at 128 MB); end to end 10.2% lower TTFT at 2k tokens
-# of the 8B shape (16 MB messages), 0.7% higher at 8k (within run-to-run noise)
+# larger size (1.36x at 4 MB, 1.75x at 32 MB, 2.06x at 128 MB); end to end, two runs of the 8B shape:
+# TTFT 10.2% / 4.9% lower at 2k tokens (16 MB messages), 0.7% higher / 3.6% lower at 8k
 GATE_P2P: int = 4 << 20
 _NEVER = 1 << 62
 
@@ -99,11 +99,6 @@ class QuantCommConfig:
 
     def n_outliers(self, hidden: int) -> int:
         return 0 if self.outlier_div == 0 else max(1, hidden // self.outlier_div)
-
-
-def mode_ok(cfg: QuantCommConfig) -> bool:
-    """Whether the p2p transport serves this config (one-shot, unchunked)."""
-    return cfg.mode == "one_shot" and cfg.chunks <= 1
 
 
 @dataclass
@@ -232,9 +227,12 @@ class QuantAllReduce:
         return qp.layout(rows, hidden, self.cfg.group_size, self.cfg.n_outliers(hidden)).bits_per_value
 
     def _triton(self, x: torch.Tensor) -> bool:
+        return self._triton_on(x.device)
+
+    def _triton_on(self, device: torch.device) -> bool:
         if self.cfg.use_triton is not None:
             return self.cfg.use_triton
-        return x.is_cuda and qp.triton is not None
+        return device.type == "cuda" and qp.triton is not None
 
     def quantize(self, x2: torch.Tensor, s: _Site, out: torch.Tensor | None = None,
                  err: torch.Tensor | None = None, err_in: bool = True,
@@ -279,8 +277,8 @@ class QuantAllReduce:
             from llm.parallel import p2p
 
             want = self.cfg.transport
-            triton_ok = self.cfg.use_triton if self.cfg.use_triton is not None else qp.triton is not None
-            ok = (want != "nccl" and mode_ok(self.cfg) and device.type == "cuda" and triton_ok
+            one_shot = self.cfg.mode == "one_shot" and self.cfg.chunks <= 1  # p2p serves unchunked one-shot
+            ok = (want != "nccl" and one_shot and device.type == "cuda" and self._triton_on(device)
                   and p2p.available(self.group, device))
             if want == "p2p" and not ok:
                 raise RuntimeError("transport='p2p' needs CUDA peer access between all ranks, Triton, and "
