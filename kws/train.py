@@ -52,6 +52,10 @@ class TrainConfig:
     ema: float = 0.97
     warp: float = 0.0  # mel-axis stretch (VTLP) of up to +-warp in feature_augment
     tau: float = 0.1
+    # frames (20 ms) by which every alignment target trails the audio: the phoneme said at frame t is
+    # the target of the embedding at t + label_delay, and the decision fires label_delay frames after
+    # the keyword ends, so a causal encoder hears that much right context (target delay)
+    label_delay: int = 0
     seed: int = 0
     log_every: int = 50
     ckpt_every: int = 500
@@ -224,7 +228,7 @@ class Trainer:
         tgt = [torch.as_tensor(e["ids"].astype(np.int64) + 1) for e in examples]
         ctc = F.ctc_loss(logp.transpose(0, 1), torch.cat(tgt).to(dev), lens,
                          torch.tensor([len(x) for x in tgt], device=dev), zero_infinity=True)
-        frames = bt["frames"][:, :t]
+        frames = F.pad(bt["frames"], (c.label_delay, 0), value=-1)[:, :t]
         m = frames >= 0
         proto = F.cross_entropy(emb[m] @ self.table_emb.T / c.tau, frames[m]) if bt["any_frames"] else ctc * 0
         self._update_tables(emb.detach(), logp.detach(), frames)
@@ -249,7 +253,7 @@ class Trainer:
         n = dev_t(np.array([len(r[1]) for r in rows], np.int64))
         ids, sub_y, sub_m = dev_t(ids_np), dev_t(sub_y_np), dev_t(sub_m_np)
         label = dev_t(np.array([r[2] for r in rows], np.int64))
-        anchor = dev_t(np.array([r[3] for r in rows], np.int64)).clamp(max=t - 1)
+        anchor = (dev_t(np.array([r[3] for r in rows], np.int64)) + c.label_delay).clamp(max=t - 1)
         q = self.table_emb[ids]
         dp, feats = dsp_partition(emb[src], logp[src], q, ids, n, c.w_sim, c.w_ctc,
                                   n_max=max(len(r[1]) for r in rows))

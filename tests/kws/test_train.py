@@ -59,6 +59,17 @@ def test_loss_decreases_and_resume(tmp_path):
     torch.testing.assert_close(tr2.table_emb.norm(dim=-1), torch.ones(39))
 
 
+def test_label_delay_shifts_alignment_targets(tmp_path):
+    ex = _examples(np.random.default_rng(1), 4)
+    seen = {}
+    for d in (0, 2):
+        tr = Trainer(TrainConfig(batch=4, encoder=SMALL, label_delay=d), "cpu", tmp_path / str(d))
+        tr._update_tables = lambda emb, logp, frames, d=d: seen.__setitem__(d, frames.clone())
+        tr.losses(ex)
+    assert (seen[0] >= 0).any()
+    assert torch.equal(seen[2][:, 2:], seen[0][:, :-2]) and (seen[2][:, :2] == -1).all()
+
+
 def test_cli_export_from_checkpoint(tmp_path):
     from services.cli import main
 
