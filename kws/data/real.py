@@ -10,6 +10,10 @@ Sources (with the transcripts they ship):
 Pairs: every clip with its transcript (positive), a hard negative (smallest non-zero phoneme
 distance, same word count) and an easy negative. Streams: one recording of all clips in a
 row with silences, keywords = four klettres words, events = where those clips were placed.
+
+``build_real_phrases`` cuts LibriPhrase-style clips (1-3 consecutive words) out of the
+pocketsphinx sentences, at word boundaries found by PocketSphinx's forced alignment (its own
+acoustic model, trained on real speech, not ours), and pairs them the same way.
 """
 
 from __future__ import annotations
@@ -115,3 +119,71 @@ def build_real(out: str | Path, seed: int = 0) -> dict:
                                           "events": events}])
     return {"clips": len(clips), "trials": len(pairs), "stream_seconds": round(len(stream) / 16000, 1),
             "events": len(events)}
+
+
+def align_words(x: np.ndarray, text: str, decoder=None) -> list[tuple[str, float, float]]:
+    """``(word, start s, end s)`` of ``text`` in 16 kHz audio ``x`` by PocketSphinx forced alignment.
+
+    Silences and fillers are dropped; alternative pronunciations (``was(2)``) keep the word. Empty
+    when the alignment fails.
+    """
+    from pocketsphinx import Decoder
+
+    d = decoder or Decoder(samprate=16000, loglevel="FATAL")
+    d.set_align_text(text)
+    pcm = (np.clip(x, -1, 1) * 32767).astype(np.int16)
+    d.start_utt()
+    d.process_raw(pcm.tobytes(), full_utt=True)
+    d.end_utt()
+    out = []
+    for seg in d.seg() or []:
+        w = re.sub(r"\(\d+\)$", "", seg.word)
+        if w.startswith(("<", "[", "+")):
+            continue
+        out.append((w, seg.start_frame / 100, (seg.end_frame + 1) / 100))
+    return out
+
+
+def build_real_phrases(out: str | Path, seed: int = 0, max_words: int = 3, min_phones: int = 3,
+                       margin: float = 0.03) -> dict:
+    """Pairs of 1..``max_words``-word phrases cut from the pocketsphinx sentences (``margin`` s
+    of context each side): ``pairs.jsonl`` and 16 kHz WAVs under ``out``; return counts."""
+    from kws.data.lexicon import Lexicon
+    from kws.eval.manifest import write_audio, write_jsonl
+
+    out = Path(out)
+    lex = Lexicon()
+    rng = np.random.default_rng(seed)
+    spans = []  # (clip id, audio, text)
+    for cid, path, text in real_clips():
+        if not cid.startswith("ps-"):
+            continue
+        x = _load(path)
+        words = align_words(x, text)
+        if [w for w, _, _ in words] != text.split():
+            continue  # the aligner gave up or re-spelled the transcript
+        for i in range(len(words)):
+            for j in range(i, min(len(words), i + max_words)):
+                phrase = " ".join(w for w, _, _ in words[i : j + 1])
+                if len(lex.phonemes(phrase)) < min_phones:
+                    continue
+                a = max(0, int((words[i][1] - margin) * 16000))
+                b = min(len(x), int((words[j][2] + margin) * 16000))
+                spans.append((f"{cid}-{i:02d}-{j - i + 1}", x[a:b], phrase))
+    if not spans:
+        raise RuntimeError("no real sentences found: apt-get install pocketsphinx-testdata")
+    pairs = []
+    for cid, x, text in spans:
+        rel = f"clips/{cid}.wav"
+        write_audio(out / rel, x)
+        n = len(text.split())
+        others = [t for _, _, t in spans if t != text and len(t.split()) == n]
+        easy = lex.easy_negative(text, rng, pool=others if len(others) > 3 else lex.phrases)
+        pairs.append({"id": f"{cid}-positive", "audio": rel, "text": text, "label": 1, "kind": "positive"})
+        for hard in lex.hard_negatives(text, rng, k=1):
+            pairs.append({"id": f"{cid}-hard", "audio": rel, "text": hard, "label": 0, "kind": "hard"})
+        pairs.append({"id": f"{cid}-easy", "audio": rel, "text": easy, "label": 0, "kind": "easy"})
+    write_jsonl(out / "pairs.jsonl", pairs)
+    return {"clips": len(spans), "trials": len(pairs),
+            "seconds": round(sum(len(x) for _, x, _ in spans) / 16000, 1)}
+

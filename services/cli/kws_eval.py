@@ -22,9 +22,9 @@ def _data_build(args) -> int:
 
 
 def _data_real(args) -> int:
-    from kws.data.real import build_real
+    from kws.data.real import build_real, build_real_phrases
 
-    rep = build_real(args.out, seed=args.seed)
+    rep = (build_real_phrases if args.phrases else build_real)(args.out, seed=args.seed)
     print(json.dumps(rep, indent=2))
     return 0
 
@@ -115,6 +115,8 @@ def register(grp) -> None:
                     _data_real)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="picks the negatives")
+    p.add_argument("--phrases", action="store_true",
+                   help="instead: 1-3 word phrases cut from the pocketsphinx sentences (LibriPhrase style, pairs only)")
 
     p = add_command(grp, "score", "Score every trial of a pairs manifest", _score)
     p.add_argument("manifest", help="pairs.jsonl")

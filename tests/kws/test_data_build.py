@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import soundfile as sf
@@ -98,3 +99,24 @@ def test_real_speech_dev_set(tmp_path):
     (st,) = fill_durations(read_streams(tmp_path / "streams.jsonl"))
     assert st.keywords == STREAM_KEYWORDS and len(st.events) == rep["events"] >= 4
     assert all(0 < e.start < e.end < st.duration for e in st.events)
+
+
+def test_real_phrase_cuts(tmp_path):
+    from kws.data.real import _load, align_words, build_real_phrases
+
+    goforward = "/usr/share/pocketsphinx/test/data/goforward.raw"
+    if not os.path.exists(goforward):
+        pytest.skip("needs Debian pocketsphinx-testdata")
+    x = _load(goforward)
+    words = align_words(x, "go forward ten meters")
+    assert [w for w, _, _ in words] == ["go", "forward", "ten", "meters"]
+    assert all(0 <= a < b <= len(x) / 16000 for _, a, b in words)
+    assert all(words[i][2] <= words[i + 1][1] + 1e-6 for i in range(3))  # in order, no overlap
+    rep = build_real_phrases(tmp_path, seed=0)
+    pairs = read_pairs(tmp_path / "pairs.jsonl")
+    assert rep["trials"] == len(pairs) and rep["clips"] > 100
+    assert {p.kind for p in pairs} == {"positive", "hard", "easy"}
+    pos = {p.audio: p.text for p in pairs if p.kind == "positive"}
+    assert all(1 <= len(t.split()) <= 3 for t in pos.values())
+    assert all(sf.info(a).duration < 3.0 for a in list(pos)[:20])  # a phrase, not the sentence
+
