@@ -113,12 +113,12 @@ class Spotter:
                     self._phonemizer = Phonemizer()
         return self._phonemizer
 
-    def enroll(self, text: str) -> EnrolledKeyword:
-        """Text -> phonemes -> thresholds (cached per text). Raises ValueError on bad text."""
+    def enroll(self, text: str, use_cache: bool = True) -> EnrolledKeyword:
+        """Text -> phonemes -> thresholds (cached per text unless use_cache is False). Raises ValueError on bad text."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError("keyword text is empty")
         key = " ".join(text.lower().split())
-        hit = self._enrolled.get(key)
+        hit = self._enrolled.get(key) if use_cache else None
         if hit is not None:
             return hit
         ids = self.phoneme_ids(text)

@@ -36,6 +36,9 @@ def test_enroll_and_thresholds(spotter):
             spotter.enroll(bad)
     with pytest.raises(ValueError):
         s.add_keyword("open door", threshold=1.5)
+    # cached per text; use_cache=False (what `kws bench` times) enrolls afresh, to the same result
+    again, fresh = spotter.enroll("lights on"), spotter.enroll("lights on", use_cache=False)
+    assert again is kw and fresh is not kw and fresh == kw
 
 
 def test_streaming_equals_whole_clip_encoding(spotter):
