@@ -27,7 +27,9 @@ class SpotterBackend:
             raise RuntimeError(f"edge.spotter is not available ({e}); use --model pocketsphinx") from e
         self.model_dir = model_dir
         self.name = f"spotter:{model_dir}"
-        self.spotter = Spotter.from_dir(model_dir, num_threads=num_threads)
+        # keywords enrolled without a threshold get the per-keyword calibrated one, as the edge
+        # service's default `threshold_mode` ("auto", the contract of edge.proto) gives them
+        self.spotter = Spotter.from_dir(model_dir, num_threads=num_threads, threshold_mode="auto")
 
     def score_pair(self, samples: np.ndarray, sample_rate: int, text: str) -> float:
         return float(self.spotter.score_pair(samples, sample_rate, text))

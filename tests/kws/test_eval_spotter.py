@@ -129,3 +129,14 @@ def test_bad_trials_are_one_line_errors_with_exit_code_2(model_dir, data, tmp_pa
                "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "stream s1: phonemize: no pronounceable" in err and not (tmp_path / "d.jsonl").exists()
+
+
+def test_detect_thresholds_are_the_edge_services(model_dir):
+    """`kws detect` without --threshold enrolls keywords the way the edge service does by default."""
+    from kws.eval.backends import SpotterBackend
+    from services.edge.settings import EdgeSettings
+
+    b = SpotterBackend(model_dir)
+    assert b.spotter.threshold_mode == EdgeSettings.model_fields["threshold_mode"].default
+    kw = b.spotter.enroll("lights on")
+    assert kw.threshold == kw.auto_threshold >= b.spotter.default_threshold
