@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.scoring import keyword_rows, score_frames
 from edge.spotter import Detection, Spotter
 from kws.export import export_untrained
 
@@ -110,6 +111,19 @@ def test_score_pair_range(spotter):
     v = spotter.score_pair(x, 16000, "lights on")
     assert 0.0 <= v <= 1.0
     assert spotter.score_pairs(x, 16000, ["lights on", "stop"])[0] == pytest.approx(v, abs=1e-6)
+
+
+def test_pairs_are_scored_inside_quiet_noise_not_digital_zeros(spotter):
+    from edge import spotter as module
+
+    for pad in (module._PAD_BEFORE, module._PAD_AFTER):
+        assert len(pad) >= 1600 and (pad != 0).all() and 1e-4 < np.sqrt(np.mean(pad**2)) < 1e-3
+    x = (np.random.default_rng(3).standard_normal(8000) * 0.1).astype(np.float32)
+    emb, logp = spotter.encode(np.concatenate([module._PAD_BEFORE, x, module._PAD_AFTER]))
+    q, qi, mask, n = keyword_rows(spotter.table_emb, [spotter.phoneme_ids("stop")])
+    want = float(score_frames(spotter.matcher, q, qi, mask, n, emb, logp).max())
+    assert spotter.score_pair(x, 16000, "stop") == pytest.approx(want, abs=1e-6)
+    assert spotter.score_pair(x, 16000, "stop") == spotter.score_pair(x, 16000, "stop")  # fixed pads
 
 
 def test_shipped_model_separates_spoken_text():
