@@ -31,7 +31,8 @@ MARGIN = 0.03  # seconds kept outside the word boundaries
 
 def book_sentences(path: str | Path, n: int, rng: np.random.Generator) -> list[str]:
     """`n` random sentences of 5-12 plain words from the corpus, lower case, no punctuation."""
-    sents = re.split(r"(?<=[.!?;:])\s+", lzma.open(path, "rt").read())
+    with lzma.open(path, "rt") as f:
+        sents = re.split(r"(?<=[.!?;:])\s+", f.read())
     out = []
     for i in rng.permutation(len(sents)):
         words = [w.strip("'") for w in re.sub(r"[^a-z' ]", " ", sents[i].lower()).split()]
