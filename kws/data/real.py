@@ -149,9 +149,7 @@ def build_real_phrases(out: str | Path, seed: int = 0, max_words: int = 3, min_p
     """Pairs of 1..``max_words``-word phrases cut from the pocketsphinx sentences (``margin`` s
     of context each side): ``pairs.jsonl`` and 16 kHz WAVs under ``out``; return counts."""
     from kws.data.lexicon import Lexicon
-    from kws.eval.manifest import write_audio, write_jsonl
 
-    out = Path(out)
     lex = Lexicon()
     rng = np.random.default_rng(seed)
     spans = []  # (clip id, audio, text)
@@ -172,6 +170,18 @@ def build_real_phrases(out: str | Path, seed: int = 0, max_words: int = 3, min_p
                 spans.append((f"{cid}-{i:02d}-{j - i + 1}", x[a:b], phrase))
     if not spans:
         raise RuntimeError("no real sentences found: apt-get install pocketsphinx-testdata")
+    return write_phrase_pairs(spans, out, rng, lex)
+
+
+def write_phrase_pairs(spans: list[tuple[str, np.ndarray, str]], out: str | Path, rng: np.random.Generator,
+                       lex=None) -> dict:
+    """``(clip id, 16 kHz audio, text)`` cuts -> WAVs and ``pairs.jsonl`` (positive, hard, easy per
+    clip; easy texts drawn from the other cuts of as many words) under ``out``; return counts."""
+    from kws.data.lexicon import Lexicon
+    from kws.eval.manifest import write_audio, write_jsonl
+
+    out = Path(out)
+    lex = lex or Lexicon()
     pairs = []
     for cid, x, text in spans:
         rel = f"clips/{cid}.wav"
@@ -186,4 +196,3 @@ def build_real_phrases(out: str | Path, seed: int = 0, max_words: int = 3, min_p
     write_jsonl(out / "pairs.jsonl", pairs)
     return {"clips": len(spans), "trials": len(pairs),
             "seconds": round(sum(len(x) for _, x, _ in spans) / 16000, 1)}
-

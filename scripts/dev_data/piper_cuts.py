@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from kws.corpus import random_sentence
-from kws.data.lexicon import Lexicon
 from kws.data.piper import synthesize
-from kws.eval.manifest import write_audio, write_jsonl
+from kws.data.real import write_phrase_pairs
 
 MARGIN = 0.03  # seconds kept outside the word boundaries
 
@@ -44,9 +43,9 @@ def book_sentences(path: str | Path, n: int, rng: np.random.Generator) -> list[s
     return out
 
 
-def build(sentences: list[str], out: Path, rng: np.random.Generator, prefix: str) -> dict:
-    lex = Lexicon()
-    spans = []
+def cuts(sentences: list[str], rng: np.random.Generator, prefix: str) -> list[tuple[str, np.ndarray, str]]:
+    """One ``(clip id, audio, text)`` cut of 1-3 words (>= 3 phonemes) per synthesized sentence."""
+    out = []
     for k, text in enumerate(sentences):
         u = synthesize(text, seed=k)
         for _ in range(5):
@@ -58,19 +57,8 @@ def build(sentences: list[str], out: Path, rng: np.random.Generator, prefix: str
             continue
         a = max(0, int((u.word_times[i][0] - MARGIN) * 16000))
         b = min(len(u.audio), int((u.word_times[j][1] + MARGIN) * 16000))
-        spans.append((f"{prefix}{k:04d}", u.audio[a:b], " ".join(u.words[i : j + 1])))
-    pairs = []
-    for cid, x, text in spans:
-        rel = f"clips/{cid}.wav"
-        write_audio(out / rel, x)
-        others = [t for _, _, t in spans if t != text and len(t.split()) == len(text.split())]
-        pairs.append({"id": f"{cid}-positive", "audio": rel, "text": text, "label": 1, "kind": "positive"})
-        for hard in lex.hard_negatives(text, rng, k=1):
-            pairs.append({"id": f"{cid}-hard", "audio": rel, "text": hard, "label": 0, "kind": "hard"})
-        easy = lex.easy_negative(text, rng, pool=others if len(others) > 3 else None)
-        pairs.append({"id": f"{cid}-easy", "audio": rel, "text": easy, "label": 0, "kind": "easy"})
-    write_jsonl(out / "pairs.jsonl", pairs)
-    return {"clips": len(spans), "trials": len(pairs), "seconds": round(sum(len(x) for _, x, _ in spans) / 16000, 1)}
+        out.append((f"{prefix}{k:04d}", u.audio[a:b], " ".join(u.words[i : j + 1])))
+    return out
 
 
 def main() -> None:
@@ -86,7 +74,7 @@ def main() -> None:
         sentences = book_sentences(a.corpus, a.n, rng)
     else:
         sentences = [random_sentence(rng, 5, 10) for _ in range(a.n)]
-    print(json.dumps(build(sentences, Path(a.out), rng, a.text)))
+    print(json.dumps(write_phrase_pairs(cuts(sentences, rng, a.text), a.out, rng)))
 
 
 if __name__ == "__main__":
