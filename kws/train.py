@@ -56,6 +56,10 @@ class TrainConfig:
     # the target of the embedding at t + label_delay, and the decision fires label_delay frames after
     # the keyword ends, so a causal encoder hears that much right context (target delay)
     label_delay: int = 0
+    # weight of a ranking loss on the utterance-level logits: every positive row of the batch against
+    # every confusable (hard) row of *other* utterances, softplus(hard - positive), a smooth pooled
+    # AUC; within one clip the model ranks the spoken text first, pooled across clips it does not
+    rank_weight: float = 0.0
     seed: int = 0
     log_every: int = 50
     ckpt_every: int = 500
@@ -153,6 +157,19 @@ def build_rows(examples: list[dict], rng: np.random.Generator, confusable: bool)
         other = spans[(i + 1) % b][0] if b > 1 else ids[::-1]
         rows.append((i, other, 0 if other != ids else 1, anchor, None))
     return rows
+
+
+def rank_loss(logit: torch.Tensor, label: torch.Tensor, src: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+    """Mean softplus(l_hard - l_pos) over positive rows x hard rows (negatives with per-phoneme
+    labels, i.e. generated confusables) of different source utterances: 0 when every positive
+    outscores every other clip's confusable by a wide margin."""
+    pos = label > 0
+    neg = (label == 0) & hard
+    diff = logit[neg][None, :] - logit[pos][:, None]  # [P, N]
+    other = src[pos][:, None] != src[neg][None, :]
+    if not other.any():
+        return logit.sum() * 0
+    return F.softplus(diff[other]).mean()
 
 
 class Trainer:
@@ -265,6 +282,8 @@ class Trainer:
         out["stream"] = streaming_loss(logits, y, valid, anchor, c.loss)
         utt_logit = torch.where(inside, logits, torch.full_like(logits, -1e4)).max(dim=1).values
         out["utt"] = F.binary_cross_entropy_with_logits(utt_logit, label.float())
+        if c.rank_weight > 0 and c.confusable:
+            out["rank"] = rank_loss(utt_logit, label, src, dev_t(np.array([r[4] is not None for r in rows])))
         sub_a = sub[torch.arange(len(rows), device=dev), anchor]  # [R, NMAX]
         out["sub"] = (F.binary_cross_entropy_with_logits(sub_a, sub_y, reduction="none") * sub_m).sum() / sub_m.sum().clamp(min=1)
         return out
@@ -284,7 +303,8 @@ class Trainer:
             for g in self.opt.param_groups:
                 g["lr"] = self.lr_at(self.step, (time.time() - t0) / 60 + self.elapsed_min)
             ls = self.losses([data[i] for i in idx])
-            total = c.ctc_weight * ls["ctc"] + ls["proto"] + ls.get("stream", 0) + ls.get("utt", 0) + 0.5 * ls.get("sub", 0)
+            total = (c.ctc_weight * ls["ctc"] + ls["proto"] + ls.get("stream", 0) + ls.get("utt", 0)
+                     + 0.5 * ls.get("sub", 0) + c.rank_weight * ls.get("rank", 0))
             self.opt.zero_grad(set_to_none=True)
             total.backward()
             torch.nn.utils.clip_grad_norm_(list(self.model.parameters()) + list(self.matcher.parameters()), 5.0)

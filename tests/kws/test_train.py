@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kws.train import TrainConfig, Trainer, build_rows, pick_span
+from kws.train import TrainConfig, Trainer, build_rows, pick_span, rank_loss
 
 SMALL = {"dim": 48, "hidden": 96, "dilations": [1, 2]}
 
@@ -68,6 +68,23 @@ def test_label_delay_shifts_alignment_targets(tmp_path):
         tr.losses(ex)
     assert (seen[0] >= 0).any()
     assert torch.equal(seen[2][:, 2:], seen[0][:, :-2]) and (seen[2][:, :2] == -1).all()
+
+
+def test_rank_loss_pairs_positives_with_other_clips_confusables():
+    logit = torch.tensor([2.0, 1.0, -1.0, 0.5, 3.0, 0.0])
+    label = torch.tensor([1, 0, 0, 1, 0, 0])
+    src = torch.tensor([0, 0, 0, 1, 1, 1])
+    hard = torch.tensor([False, True, False, False, True, False])  # rows 1 and 4 are confusables
+    # pairs (pos 0, hard 4) and (pos 3, hard 1); same-clip pairs and easy rows are left out
+    want = (torch.nn.functional.softplus(torch.tensor(3.0 - 2.0)) + torch.nn.functional.softplus(torch.tensor(1.0 - 0.5))) / 2
+    torch.testing.assert_close(rank_loss(logit, label, src, hard), want)
+
+
+def test_rank_weight_adds_the_loss(tmp_path):
+    ex = _examples(np.random.default_rng(2), 6)
+    ls = Trainer(TrainConfig(batch=6, encoder=SMALL, rank_weight=0.5), "cpu", tmp_path).losses(ex)
+    assert "rank" in ls and float(ls["rank"].detach()) > 0
+    assert "rank" not in Trainer(TrainConfig(batch=6, encoder=SMALL), "cpu", tmp_path / "b").losses(ex)
 
 
 def test_cli_export_from_checkpoint(tmp_path):
