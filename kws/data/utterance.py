@@ -53,18 +53,14 @@ class Utterance:
         t0, t1 = self.span(first_word, last_word)
         a = max(0, int(round((t0 - before) * self.sample_rate)))
         b = min(len(self.audio), int(round((t1 + after) * self.sample_rate)))
-        off = a / self.sample_rate
         words = slice(first_word, last_word + 1)
-
-        def f(span):
-            return (round(span[0] - off, 4), round(span[1] - off, 4))
-
-        return Utterance(
-            audio=self.audio[a:b].copy(), text=" ".join(self.words[words]), words=self.words[words],
-            phonemes=self.phonemes[words], word_times=[f(t) for t in self.word_times[words]],
-            phone_times=[[f(t) for t in w] for w in self.phone_times[words]], engine=self.engine,
-            voice=self.voice, params={**self.params, "crop": [first_word, last_word]}, sample_rate=self.sample_rate,
+        kept = Utterance(
+            audio=self.audio, text=" ".join(self.words[words]), words=self.words[words],
+            phonemes=self.phonemes[words], word_times=self.word_times[words],
+            phone_times=self.phone_times[words], engine=self.engine, voice=self.voice,
+            params={**self.params, "crop": [first_word, last_word]}, sample_rate=self.sample_rate,
         )
+        return kept.shifted(self.audio[a:b].copy(), -a / self.sample_rate)
 
     def span(self, first_word: int, last_word: int) -> tuple[float, float]:
         """Start of word ``first_word`` to end of word ``last_word`` (inclusive)."""
