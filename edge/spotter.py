@@ -29,7 +29,7 @@ CALIBRATION_TEXTS = 12
 # A clip is scored with quiet white noise around it (0.2 s before, 0.1 s after; -70 dBFS, fixed), not
 # digital zeros: log-mel of exact zeros is an input the encoder almost never met in training (its
 # silences carry noise), and clips cut out of continuous speech that started on zeros scored far
-# worse: real phrase cuts 0.688 -> 0.728 hard AUC, synthetic cuts 0.783 -> 0.822 (docs/kws.md).
+# worse: real phrase cuts 0.688 -> 0.728 hard AUC, synthetic cuts 0.782 -> 0.822 (docs/kws.md).
 _PAD_NOISE = 3e-4 * np.random.default_rng(0x5EED).standard_normal(4800).astype(np.float32)
 _PAD_BEFORE, _PAD_AFTER = _PAD_NOISE[:3200], _PAD_NOISE[3200:]
 

@@ -55,9 +55,8 @@ def cuts(sentences: list[str], rng: np.random.Generator, prefix: str) -> list[tu
                 break
         else:
             continue
-        a = max(0, int((u.word_times[i][0] - MARGIN) * 16000))
-        b = min(len(u.audio), int((u.word_times[j][1] + MARGIN) * 16000))
-        out.append((f"{prefix}{k:04d}", u.audio[a:b], " ".join(u.words[i : j + 1])))
+        c = u.crop(i, j, MARGIN, MARGIN)
+        out.append((f"{prefix}{k:04d}", c.audio, c.text))
     return out
 
 
