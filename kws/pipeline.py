@@ -149,7 +149,8 @@ def run_variant(cfg, corpus: str | Path, out: str | Path, device: str = "cpu", l
     thr = metrics.get("stream_threshold") or 0.5
     export_model(tr.model, tr.matcher, tr.table_emb.cpu().numpy(), tr.table_logp.cpu().numpy(), out / "model",
                  w_sim=cfg.w_sim, w_ctc=cfg.w_ctc, use_matcher=cfg.use_matcher, default_threshold=thr,
-                 extra={"name": cfg.name, "steps": tr.step, "label_delay": cfg.label_delay}, int8=True)
+                 extra={"name": cfg.name, "steps": tr.step, "label_delay": cfg.label_delay,
+                        "rank_weight": cfg.rank_weight, "edge_deletion": cfg.edge_deletion}, int8=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "history.json").write_text(json.dumps(tr.history))
     log.info("%s metrics %s", cfg.name, json.dumps({k: v for k, v in metrics.items() if k != "config"}))

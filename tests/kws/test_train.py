@@ -42,6 +42,23 @@ def test_rows_and_spans():
     assert len(rows[1][4]) == len(rows[1][1])  # per-phoneme labels for the confusable
 
 
+def test_edge_deletion_rows():
+    rng = np.random.default_rng(3)
+    ex = _examples(rng, 16)
+    rows = build_rows(ex, rng, confusable=True, edge_deletion=1.0)
+    sides = set()
+    for pos, hard in zip(rows[0::3], rows[1::3], strict=True):
+        ids, new = pos[1], hard[1]
+        assert hard[2] == 0 and hard[0] == pos[0] and hard[3] == pos[3]
+        if len(ids) > 2:  # the positive minus its first or last phoneme, every phoneme left matching
+            assert new in (ids[1:], ids[:-1]) and hard[4] == [1] * len(new)
+            sides.add("start" if new == ids[1:] else "end")
+    assert sides == {"start", "end"}
+    # at 0 the hard rows are the usual generated confusables, drawn from the same random stream
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    assert build_rows(ex, a, True, edge_deletion=0.0) == build_rows(ex, b, True)
+
+
 def test_loss_decreases_and_resume(tmp_path):
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
