@@ -91,16 +91,19 @@ def pair_metrics(pairs, scores: dict[str, float]) -> dict:
 
 def edit_kind(spoken: list[str], text: list[str]) -> str:
     """How a hard text's phonemes differ from the spoken ones: ``substitution``, ``insertion``
-    (the text has one phoneme more), ``deletion-edge`` (one fewer, the first or last: the text is
-    a contiguous part of the speech), ``deletion-middle``, or ``other`` (more than one edit)."""
+    (the text has one phoneme more), ``deletion-start`` / ``deletion-end`` (one fewer, the first /
+    the last: the text is a contiguous part of the speech), ``deletion-middle``, or ``other`` (more
+    than one edit)."""
     n, m = len(spoken), len(text)
     if n == m:
         return "substitution" if sum(a != b for a, b in zip(spoken, text, strict=True)) == 1 else "other"
     if m == n + 1 and any(text[:i] + text[i + 1:] == spoken for i in range(m)):
         return "insertion"
     if m == n - 1:
-        if text in (spoken[1:], spoken[:-1]):
-            return "deletion-edge"
+        if text == spoken[1:]:
+            return "deletion-start"
+        if text == spoken[:-1]:
+            return "deletion-end"
         if any(spoken[:i] + spoken[i + 1:] == text for i in range(n)):
             return "deletion-middle"
     return "other"
@@ -110,7 +113,8 @@ def hard_by_edit(pairs, scores: dict[str, float], phonemes) -> dict:
     """AUC of positive vs hard trials split by the hard text's edit (``edit_kind``).
 
     Each clip's positive and hard trials form one group's pair; ``phonemes(text)`` gives a flat
-    phoneme list (the enrollment G2P). Groups of fewer than 2 clips are left out.
+    phoneme list (the enrollment G2P). ``deletion-edge`` pools ``deletion-start`` and
+    ``deletion-end``. Groups of fewer than 2 clips are left out.
     """
     by_clip: dict[str, dict] = defaultdict(dict)
     for p in pairs:
@@ -123,8 +127,9 @@ def hard_by_edit(pairs, scores: dict[str, float], phonemes) -> dict:
                 kind = edit_kind(phonemes(d["positive"].text), phonemes(d["hard"].text))
             except ValueError:  # a text the G2P cannot spell (scored by another backend)
                 continue
-            groups[kind][0].append(scores[d["positive"].id])
-            groups[kind][1].append(scores[d["hard"].id])
+            for k in (kind, "deletion-edge") if kind in ("deletion-start", "deletion-end") else (kind,):
+                groups[k][0].append(scores[d["positive"].id])
+                groups[k][1].append(scores[d["hard"].id])
     return {k: {"auc": round(roc_auc(pos + neg, [1] * len(pos) + [0] * len(neg)), 5), "n_clips": len(pos)}
             for k, (pos, neg) in sorted(groups.items()) if len(pos) >= 2}
 

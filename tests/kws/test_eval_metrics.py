@@ -101,13 +101,18 @@ def test_edit_kind_and_hard_auc_by_edit():
         return spell[text].split(" ")
 
     kinds = {t: edit_kind(phones("lights on"), phones(t)) for t in spell if t != "lights on"}
-    assert kinds == {"lights an": "substitution", "lights on d": "insertion", "lights o": "deletion-edge",
-                     "ights on": "deletion-edge", "lies on": "deletion-middle", "lied zon": "other"}
+    assert kinds == {"lights an": "substitution", "lights on d": "insertion", "lights o": "deletion-end",
+                     "ights on": "deletion-start", "lies on": "deletion-middle", "lied zon": "other"}
     pairs, scores = [], {}
     for clip, (hard, pos, neg) in enumerate([("lights o", 0.9, 0.1), ("lied zon", 0.8, 0.95),
                                              ("ights on", 0.7, 0.2), ("lied zon", 0.6, 0.65),
                                              ("lies on", 0.5, 0.1)]):
         pairs += [Pair(f"{clip}p", f"c{clip}", "lights on", 1, "positive"), Pair(f"{clip}h", f"c{clip}", hard, 0, "hard")]
         scores[f"{clip}p"], scores[f"{clip}h"] = pos, neg
-    m = hard_by_edit(pairs, scores, phones)  # one deletion-middle clip: too few for an AUC
+    m = hard_by_edit(pairs, scores, phones)  # one clip per deletion side and in the middle: too few for an AUC
     assert m == {"deletion-edge": {"auc": 1.0, "n_clips": 2}, "other": {"auc": 0.25, "n_clips": 2}}
+    pairs += [Pair("5p", "c5", "lights on", 1, "positive"), Pair("5h", "c5", "ights on", 0, "hard")]
+    scores["5p"], scores["5h"] = 0.3, 0.4  # a second start deletion, scored above its positive
+    m = hard_by_edit(pairs, scores, phones)
+    assert m["deletion-start"] == {"auc": 0.75, "n_clips": 2}  # pooled: 0.7 > 0.2, 0.4; 0.3 > 0.2 only
+    assert m["deletion-edge"]["n_clips"] == 3 and "deletion-end" not in m
