@@ -206,6 +206,7 @@ def _pool() -> list:
 def _worker(args):
     seed, count, split, lo, hi, aug, texts, deadline = args
     from kws.data.synth import random_params, synthesize
+    from kws.data.utterance import random_word_span
 
     rng = np.random.default_rng(seed)
     logmel = LogMel()
@@ -238,8 +239,7 @@ def _worker(args):
             continue
         made[engine] = made.get(engine, 0) + 1
         if crop_share and len(utt.words) > 1 and rng.random() < crop_share:
-            w0 = int(rng.integers(len(utt.words)))
-            w1 = min(len(utt.words) - 1, w0 + int(rng.integers(3)))
+            w0, w1 = random_word_span(len(utt.words), rng)
             utt = utt.crop(w0, w1, float(rng.uniform(0, CROP_EDGE_S)), float(rng.uniform(0, CROP_EDGE_S)))
         lead, trail = rng.uniform(0.05, 0.5), rng.uniform(0.3, 0.6)
         x = np.concatenate([np.zeros(int(lead * 16000), np.float32), utt.audio,

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from edge.confusable import edit_phonemes
 from edge.scoring import NMAX
+from kws.data.utterance import random_word_span
 from kws.matching import Matcher, dsp_partition, frame_targets, streaming_loss
 from kws.models.encoder import EncoderArgs, StreamingEncoder, grow, num_params
 
@@ -135,8 +136,7 @@ def pick_span(e: dict, rng: np.random.Generator) -> tuple[list[int], int]:
     """A random 1-3 word span with 2..NMAX phonemes: (phoneme ids, anchor frame)."""
     words = e["words"]
     for _ in range(10):
-        w0 = int(rng.integers(len(words)))
-        w1 = min(len(words) - 1, w0 + int(rng.integers(3)))
+        w0, w1 = random_word_span(len(words), rng)
         p0, p1 = int(words[w0][0]), int(words[w1][1])
         if 2 <= p1 - p0 + 1 <= NMAX:
             return [int(x) for x in e["ids"][p0 : p1 + 1]], int(words[w1][2])

@@ -81,6 +81,14 @@ class Utterance:
         }
 
 
+def random_word_span(n_words: int, rng: np.random.Generator, max_words: int = 3) -> tuple[int, int]:
+    """First and last index of 1..``max_words`` consecutive words out of ``n_words`` (a uniform
+    start; spans that would run past the end are shortened): the phrases training cuts and
+    pair-benchmark cuts are made of."""
+    first = int(rng.integers(n_words))
+    return first, min(n_words - 1, first + int(rng.integers(max_words)))
+
+
 def _sub_cost(a: str, b: str) -> float:
     if a == b:
         return 0.0

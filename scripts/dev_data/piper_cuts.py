@@ -24,6 +24,7 @@ import numpy as np
 from kws.corpus import random_sentence
 from kws.data.piper import synthesize
 from kws.data.real import write_phrase_pairs
+from kws.data.utterance import random_word_span
 
 MARGIN = 0.03  # seconds kept outside the word boundaries
 
@@ -49,8 +50,7 @@ def cuts(sentences: list[str], rng: np.random.Generator, prefix: str) -> list[tu
     for k, text in enumerate(sentences):
         u = synthesize(text, seed=k)
         for _ in range(5):
-            i = int(rng.integers(len(u.words)))
-            j = min(len(u.words) - 1, i + int(rng.integers(3)))
+            i, j = random_word_span(len(u.words), rng)
             if sum(len(p) for p in u.phonemes[i : j + 1]) >= 3:
                 break
         else:
