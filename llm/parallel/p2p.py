@@ -19,8 +19,10 @@ which every peer reaches only after its dequant+sum of call i has read that buff
 one barrier per reduction. Everything is a kernel on the current stream: no host sync, capturable in a
 CUDA graph once the workspace is large enough (grown, collectively, on first use of a size). A graph
 replays the buffers it captured, so it must hold an even number of these reductions (a transformer
-forward holds two per layer): with an odd number, replay i+1's first push would reuse the buffer of
-replay i's last reduction with no barrier in between.
+forward holds two per layer) or end with another collective: with an odd number, replay i+1's first push
+would reuse the buffer of replay i's last reduction with no barrier in between. The exact last site of
+`quant_comm` (on by default) makes the count odd and is that collective: an NCCL all-reduce, which
+completes on one rank only after the other has reached it, i.e. after its last dequant.
 
 Needs CUDA peer access between the two ranks' GPUs (one host) and TP=2: the kernel pushes to one peer
 (two peer copies hit a Triton miscompile, quantize_pack); larger groups keep NCCL's all-gather.

@@ -5,8 +5,9 @@
 Spawns `--tp` gloo ranks on CPU (or runs as one rank under torchrun). Calibration uses the first
 30% of the text, evaluation starts at 50%. Every reduction takes the low-bit path (no size gate), so
 the numbers are the worst case. Modes: exact TP (the reference), quantized one-shot and two-shot with
-outliers and error feedback, one-shot without error feedback (`one_shot_noef`), naive all-int4 (same
-groups and scales, no outlier channels, no error feedback), and `bf16` (partials rounded to bf16, then
+outliers, error feedback and the exact last site (the defaults), one-shot with the last site quantized
+too (`one_shot_quantlast`) and also without error feedback (`one_shot_noef_quantlast`), naive all-int4
+(same groups and scales, no outlier channels, no error feedback, every site quantized), and `bf16` (partials rounded to bf16, then
 an exact sum: the floor that any bf16 communication has against fp32 TP). Top-1 agreement is also
 reported on the positions where the reference is not close to a tie (top-1 probability ahead of the
 second by >= 0.1): a tiny model has many near-ties, where any noise flips the argmax.
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-MODES = ("exact", "bf16", "one_shot", "one_shot_noef", "two_shot", "naive_int4")
+MODES = ("exact", "bf16", "one_shot", "one_shot_quantlast", "one_shot_noef_quantlast", "two_shot", "naive_int4")
 MARGIN = 0.1
 
 
@@ -44,23 +45,84 @@ class _Bf16AllReduce:
         return y
 
 
+class _FakeQuant:
+    """What-if schemes without a wire format: each rank fake-quantizes its partial the way
+    `quantize_pack_ref` does (groups of 128, fp16 scale = absmax / 2^(b-1), codes clipped to +-(2^(b-1) - 1),
+    the H/64 calibrated outliers rounded to bf16, error feedback across the sites of a forward pass),
+    with b bits per site, then the dequantized partials are summed exactly. Mode
+    `fake<b>[;<site>=<bits>...]`, e.g. `fake4;layers.5.mlp=8`; `fake4` is the default scheme with every
+    site quantized (it matches `one_shot_quantlast` up to the summation order)."""
+
+    GROUP = 128
+
+    def __init__(self, spec: str, cal) -> None:
+        head, *rest = spec.split(";")
+        self.default = int(head.removeprefix("fake"))
+        self.bits = {k: int(v) for k, v in (r.split("=") for r in rest)}
+        self.cal = cal
+        self.err: torch.Tensor | None = None
+        self.order: dict[str, int] = {}
+        self.last = -1
+
+    def min_bytes(self, device) -> int:
+        return 0
+
+    def bits_per_value(self, hidden: int) -> float:
+        k = max(1, hidden // 64)
+        groups = -(-hidden // self.GROUP)
+        per_site = [(self.bits.get(site, self.default) * hidden + 16 * groups + 16 * k) / hidden
+                    for site in self.cal.ranges]
+        return sum(per_site) / len(per_site)
+
+    def __call__(self, x: torch.Tensor, site: str) -> torch.Tensor:
+        import torch.distributed as dist
+
+        pos = self.order.setdefault(site, len(self.order))
+        if pos <= self.last or self.err is None or self.err.shape != x.shape:
+            self.err = torch.zeros_like(x)  # a new forward pass: nothing to carry
+        self.last = pos
+        b, h = self.bits.get(site, self.default), x.shape[-1]
+        idx = self.cal.outliers(site, max(1, h // 64)).long()
+        xf = (x - self.err).reshape(-1, h).float()
+        xi = xf.clone()
+        xi[:, idx] = 0.0
+        pad = (-h) % self.GROUP
+        xg = F.pad(xi, (0, pad)).view(xf.shape[0], -1, self.GROUP)
+        qmax = 2 ** (b - 1) - 1
+        sc = (xg.abs().amax(-1, keepdim=True) / 2 ** (b - 1)).clamp(max=65504.0).to(torch.float16).float()
+        safe = torch.where(sc > 0, sc, 1.0)
+        codes = torch.floor(torch.where(sc > 0, xg * (1.0 / safe), 0.0) + 0.5).clamp(-qmax, qmax)
+        y = (codes * sc).view(xf.shape[0], -1)[:, :h]
+        y[:, idx] = xf[:, idx].to(torch.bfloat16).float()
+        y = y.view(x.shape).to(x.dtype)
+        self.err = y - (x - self.err)
+        dist.all_reduce(y)
+        return y
+
+
 def _quantizer(mode: str, cal):
-    """exact | bf16 | one_shot | two_shot | naive_int4 (no outliers, no error feedback), optionally
-    suffixed _g<group size> and/or _noef (no error feedback), e.g. one_shot_g64_noef."""
+    """exact | bf16 | one_shot | two_shot | naive_int4 (no outliers, no error feedback, every site
+    quantized), optionally suffixed _g<group size>, _noef (no error feedback) and/or _quantlast (the last
+    site quantized too, `QuantCommConfig.exact_last` off), in that order, e.g. one_shot_g64_noef."""
     from llm.parallel.quant_comm import QuantAllReduce, QuantCommConfig
 
     if mode == "exact":
         return None
     if mode == "bf16":
         return _Bf16AllReduce()
+    if mode.startswith("fake"):
+        return _FakeQuant(mode, cal)
+    exact_last = not mode.endswith("_quantlast")
+    mode = mode.removesuffix("_quantlast")
     ef = not mode.endswith("_noef")
     mode = mode.removesuffix("_noef")
     base, _, g = mode.partition("_g")
     group = int(g) if g.isdigit() else 128
     if base == "naive_int4":
         return QuantAllReduce(QuantCommConfig(outlier_div=0, min_bytes=0, group_size=group,
-                                              error_feedback=False), cal)
-    return QuantAllReduce(QuantCommConfig(mode=base, min_bytes=0, group_size=group, error_feedback=ef), cal)
+                                              error_feedback=False, exact_last=False), cal)
+    return QuantAllReduce(QuantCommConfig(mode=base, min_bytes=0, group_size=group, error_feedback=ef,
+                                          exact_last=exact_last), cal)
 
 
 @torch.inference_mode()
@@ -122,7 +184,8 @@ def quality_rank(rank: int, world: int, model_dir: str, text: str | None, n_seqs
         nll_t, top1_t = torch.cat(nll), torch.cat(top1)
         row = {"ppl": math.exp(nll_t.mean().item())}
         if q is not None:
-            row["bits_per_value"] = q.bits_per_value(model.args.dim)
+            bits = getattr(q, "forward_bits_per_value", q.bits_per_value)
+            row["bits_per_value"] = bits(model.args.dim)  # averaged over a forward pass's sites
         if ref_top1 is None:
             ref_top1, ref_sure = top1_t, torch.cat(sure)
             out["ref_not_near_tie_frac"] = ref_sure.float().mean().item()
@@ -148,10 +211,10 @@ def print_table(res: dict) -> None:
     print(f"model {res['model']}  TP={res['tp']}  {res['eval_tokens']} eval tokens, {res['device']} {res['dtype']}")
     print(f"top1*: agreement where the reference's top-1 leads by >= {MARGIN} probability "
           f"({res.get('ref_not_near_tie_frac', float('nan')):.1%} of positions)")
-    print(f"{'mode':14s} {'bits':>6s} {'ppl':>9s} {'ratio':>7s} {'top1':>7s} {'top1*':>7s} {'retr':>6s}")
+    print(f"{'mode':24s} {'bits':>6s} {'ppl':>9s} {'ratio':>7s} {'top1':>7s} {'top1*':>7s} {'retr':>6s}")
     for m in res["modes"]:
         r = res[m]
-        print(f"{m:14s} {r.get('bits_per_value', 16):6.3f} {r['ppl']:9.3f} {r.get('ppl_ratio', 1):7.4f} "
+        print(f"{m:24s} {r.get('bits_per_value', 16):6.3f} {r['ppl']:9.3f} {r.get('ppl_ratio', 1):7.4f} "
               f"{r['top1_agreement']:7.2%} {r.get('top1_agreement_not_near_tie', 1):7.2%} "
               f"{r.get('retrieval_acc', float('nan')):6.2%}")
 
@@ -165,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--retrieval", type=int, default=40)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--modes", default=",".join(MODES), help="exact first; see _quantizer()")
+    ap.add_argument("--modes", default=",".join(MODES), help="exact first, comma-separated; see _quantizer() "
+                    "and _FakeQuant (per-site bits, e.g. 'fake4;layers.5.mlp=8')")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     text = a.text if a.text and os.path.exists(a.text) else None

@@ -77,8 +77,9 @@ def test_kernels_replay_equals_eager():
 
 
 def test_quant_all_reduce_one_rank_replay_equals_eager(tmp_path):
-    """A 4-site forward pass of QuantAllReduce (error feedback across sites, NCCL all-gather of one rank)
-    captured once: a replay gives the eager results, which are close to the inputs."""
+    """A 4-site forward pass of QuantAllReduce (error feedback across sites, NCCL all-gather of one rank,
+    the last site an exact NCCL all-reduce) captured once: a replay gives the eager results, which are
+    close to the inputs."""
     _need_cuda()
     import torch.distributed as dist
 
