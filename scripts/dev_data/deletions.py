@@ -1,4 +1,5 @@
-"""Measurements behind docs/kws.md's notes on the deletion blind spot (session 8).
+"""Measurements behind docs/kws.md's notes on the deletion blind spot (sessions 8-9), and other
+inference-time probes of the shipped model.
 
     # hard pairs whose text drops the spoken text's first / last phoneme: pooled AUC against
     # every positive, and the share of clips where the positive outscores its deletion
@@ -9,6 +10,10 @@
     python scripts/dev_data/deletions.py insertion data/kws/real_phrases --model models/kws/default
     # score with a longer or shorter noise pad before the clip (edge.spotter pads 0.2 s)
     python scripts/dev_data/deletions.py pad data/kws/real_phrases --pre 0.5 --model models/kws/default
+    # penalise a score by the phone evidence in the frames just before the matched span (session 9)
+    python scripts/dev_data/deletions.py context data/kws/real_phrases --frames 5 --model models/kws/default
+    # oracle channel normalisation: each clip's per-band log-mel mean moved to the synthetic dev mean
+    python scripts/dev_data/deletions.py cmvn data/kws/real_phrases --model models/kws/default
 """
 
 from __future__ import annotations
@@ -126,16 +131,74 @@ def pad(data: str, model: str, pre: float) -> None:
     _report(f"pad before {pre} s", {k: (p, s[0]) for k, (p, s) in _score_clips(sp, data, lambda ids: [ids]).items()})
 
 
+def context(data: str, model: str, frames: int) -> None:
+    """At each pair's best frame, the largest non-blank posterior in the `frames` frames before the
+    partition's first segment (a dropped first phoneme sits there); score - weight x that."""
+    from edge.scoring import DSPState, frame_inputs, keyword_rows, keyword_score
+    from edge.spotter import _PAD_AFTER, _PAD_BEFORE, Spotter
+
+    sp = Spotter.from_dir(model)
+    pairs = read_pairs(Path(data) / "pairs.jsonl")
+    spoken = {p.audio: p.text for p in pairs if p.kind == "positive"}
+    found = []  # (pair, score, evidence, deletion side or "")
+    for audio in dict.fromkeys(p.audio for p in pairs):
+        rows = [p for p in pairs if p.audio == audio]
+        emb, logp = sp.encode(np.concatenate([_PAD_BEFORE, load_audio(audio), _PAD_AFTER]))
+        q, qi, mask, n = keyword_rows(sp.table_emb, [sp.phoneme_ids(p.text, limit=None) for p in rows])
+        st = DSPState(n, sp.matcher.w_sim, sp.matcher.w_ctc, width=q.shape[1])
+        score, span = np.zeros((len(rows), len(emb))), np.zeros((len(rows), len(emb)), np.int64)
+        for t in range(len(emb)):
+            dp, feats, span[:, t] = st.step(*frame_inputs(q, qi, emb[t][None], logp[t][None]))
+            score[:, t] = keyword_score(sp.matcher, feats, mask, dp, n)
+        phone = np.exp(logp[:, 1:]).max(axis=1)  # evidence that some phoneme fires in a frame
+        for i, p in enumerate(rows):
+            t = int(score[i].argmax())
+            t0 = t - int(span[i, t]) + 1
+            side = ""
+            if p.kind == "hard" and audio in spoken:
+                a, b = sp.phoneme_ids(spoken[audio], limit=None), sp.phoneme_ids(p.text, limit=None)
+                side = "start" if b == a[1:] else "end" if b == a[:-1] else ""
+            found.append((p, score[i, t], float(phone[max(0, t0 - frames):t0].max(initial=0.0)), side))
+    for weight in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5):
+        v = {p.id: s - weight * e for p, s, e, _ in found}
+        pos = [v[p.id] for p, *_ in found if p.kind == "positive"]
+        start = [v[p.id] for p, _, _, side in found if side == "start"]
+        _report(f"weight {weight}", {p.id: (p, v[p.id]) for p, *_ in found})
+        print(f"  deletion-start ({len(start)}): {_auc(pos, start) if start else float('nan'):.3f}")
+
+
+def cmvn(data: str, model: str, reference: str = "data/kws/dev") -> None:
+    """Score with every clip's per-band log-mel mean (over the whole padded clip: an oracle a stream
+    would only approach) replaced by the mean of the reference set's clips."""
+    from edge.spotter import _PAD_AFTER, _PAD_BEFORE, Spotter
+
+    sp = Spotter.from_dir(model)
+    ref = [p.audio for p in read_pairs(Path(reference) / "pairs.jsonl")]
+    mu = np.mean([sp.logmel(np.concatenate([_PAD_BEFORE, load_audio(a), _PAD_AFTER])).mean(axis=0)
+                  for a in dict.fromkeys(ref)], axis=0)
+    logmel = sp.logmel
+
+    def normalised(x):
+        f = logmel(x)
+        return (f - f.mean(axis=0) + mu).astype(np.float32) if len(f) else f
+
+    for name, fn in (("as shipped", logmel), ("per-clip mean -> reference mean", normalised)):
+        sp.logmel = fn
+        _report(name, {k: (p, s[0]) for k, (p, s) in _score_clips(sp, data, lambda ids: [ids]).items()})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("sides", "insertion", "pad"):
+    for name in ("sides", "insertion", "pad", "context", "cmvn"):
         p = sub.add_parser(name)
         p.add_argument("data", help="folder with pairs.jsonl")
         if name == "sides":
             p.add_argument("scores", help="SCORES.jsonl of `wakeline kws score`")
         if name == "pad":
             p.add_argument("--pre", type=float, required=True, help="seconds of noise before the clip")
+        if name == "context":
+            p.add_argument("--frames", type=int, default=5, help="20 ms frames before the matched span")
         p.add_argument("--model", default="models/kws/default")
     sub.add_parser("edit-rate")
     a = ap.parse_args()
@@ -145,6 +208,10 @@ def main() -> None:
         edit_rate()
     elif a.cmd == "insertion":
         insertion(a.data, a.model)
+    elif a.cmd == "context":
+        context(a.data, a.model, a.frames)
+    elif a.cmd == "cmvn":
+        cmvn(a.data, a.model)
     else:
         pad(a.data, a.model, a.pre)
 

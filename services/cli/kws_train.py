@@ -1,4 +1,4 @@
-"""`wakeline kws train | export | calibrate`: train the keyword-spotting model and export it for the edge."""
+"""`wakeline kws train | export | calibrate | soup`: train the keyword-spotting model and export it for the edge."""
 
 from __future__ import annotations
 
@@ -48,8 +48,16 @@ def _calibrate(args) -> int:
     return 0
 
 
+def _soup(args) -> int:
+    from kws.soup import soup
+
+    out = soup(args.models, args.out, default_threshold=args.threshold)
+    print(f"soup of {len(args.models)} models -> {out}; set its matcher gate: wakeline kws calibrate {out} --pairs ...")
+    return 0
+
+
 def register(grp) -> None:
-    """Add `train`, `export` and `calibrate` to the `kws` group."""
+    """Add `train`, `export`, `calibrate` and `soup` to the `kws` group."""
     p = add_command(grp, "train", "Train the KWS model (corpus synthesized first if missing); resumable", _train)
     p.add_argument("--config", required=True, help="TrainConfig JSON (see kws/train.py, scripts/gpu/kws/)")
     p.add_argument("--out", default=None, help="run directory (default runs/kws/<name>)")
@@ -72,3 +80,9 @@ def register(grp) -> None:
     # real speech's partition scores run lower than synthetic ones (1st percentile 1.06 vs 1.17 for
     # the run-8 model on the two dev sets), so the default keeps a wide margin below synthetic ones
     p.add_argument("--margin", type=float, default=0.25, help="gate = 1st percentile - margin")
+    p = add_command(grp, "soup", "Average model directories of one warm-start lineage (encoder, matcher, phoneme "
+                    "table) into a new model", _soup)
+    p.add_argument("models", nargs="+", help="model directories (same encoder shape)")
+    p.add_argument("--out", required=True, help="the new model directory")
+    p.add_argument("--threshold", type=float, default=None, help="default keyword threshold (default: the first "
+                   "model's)")
