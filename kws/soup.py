@@ -6,7 +6,9 @@ from the training distribution (Wortsman et al., 2022, "Model soups"). What is a
 
 - the encoder's parameters (rebuilt from each `encoder.onnx`; the shapes must agree);
 - the matcher's weights (`matcher.npz`; the arms start from the same seeded initialisation, so
-  their matchers are close too: cosine 0.90-0.99 between the session-8 arms);
+  their matchers are close too: cosine 0.90-0.99 between the session-8 arms), or one ingredient's
+  matcher as it is (`matcher_from`: on the session-8 arms the best arm's matcher on the averaged
+  encoder beat the averaged matcher, docs/kws.md "Run 16");
 - the phoneme table: `emb` averaged and re-normalised to unit length, `logp` averaged.
 
 The result is exported like a trained model (`kws.export.export_model`), with the ingredients in
@@ -37,13 +39,15 @@ def _metadata(model_dir: Path) -> dict[str, str]:
     return {p.key: p.value for p in m.metadata_props}
 
 
-def soup(model_dirs: list[str | Path], out_dir: str | Path, default_threshold: float | None = None) -> Path:
+def soup(model_dirs: list[str | Path], out_dir: str | Path, default_threshold: float | None = None,
+         matcher_from: str | Path | None = None) -> Path:
     """Average the models in `model_dirs` into `out_dir`; returns its path.
 
     Args:
         model_dirs: two or more model directories with the same encoder shape and scoring constants.
         out_dir: the new model directory.
         default_threshold: the soup's keyword threshold (default: the first ingredient's).
+        matcher_from: one of `model_dirs` whose matcher is kept as it is (default: average the matchers).
     Raises:
         ValueError: fewer than two ingredients, or ones that cannot be averaged.
     """
@@ -73,11 +77,15 @@ def soup(model_dirs: list[str | Path], out_dir: str | Path, default_threshold: f
     if any(m.get("feature_config") != meta.get("feature_config") for m in metas):
         raise ValueError("the ingredients were trained on different front ends (feature_config)")
     threshold = float(meta.get("default_threshold", 0.5)) if default_threshold is None else default_threshold
-    extra = {"soup": [str(d) for d in dirs],
+    if matcher_from is not None and Path(matcher_from) not in dirs:
+        raise ValueError(f"matcher_from {matcher_from} is not one of the ingredients")
+    extra = {"soup": [str(d) for d in dirs], "matcher_from": None if matcher_from is None else str(matcher_from),
              "ingredients": [json.loads(m.get("extra", "{}")) for m in metas]}
     out = export_model(model, Matcher(), emb, logp, out_dir, w_sim=m0.w_sim, w_ctc=m0.w_ctc,
                        use_matcher=m0.use_matcher, default_threshold=threshold, extra=extra,
                        feature_cfg=FeatureConfig.from_dict(json.loads(meta["feature_config"])))
+    if matcher_from is not None:
+        matchers = [matchers[dirs.index(Path(matcher_from))]]
     avg = {k: np.mean([getattr(m, k) for m in matchers], axis=0).astype(np.float32) for k in _WEIGHTS}
     MatcherWeights(**avg, w_sim=m0.w_sim, w_ctc=m0.w_ctc, use_matcher=m0.use_matcher,
                    gate=min(m.gate for m in matchers)).save(out / "matcher.npz")

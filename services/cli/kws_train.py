@@ -51,7 +51,7 @@ def _calibrate(args) -> int:
 def _soup(args) -> int:
     from kws.soup import soup
 
-    out = soup(args.models, args.out, default_threshold=args.threshold)
+    out = soup(args.models, args.out, default_threshold=args.threshold, matcher_from=args.matcher_from)
     print(f"soup of {len(args.models)} models -> {out}; set its matcher gate: wakeline kws calibrate {out} --pairs ...")
     return 0
 
@@ -86,3 +86,4 @@ def register(grp) -> None:
     p.add_argument("--out", required=True, help="the new model directory")
     p.add_argument("--threshold", type=float, default=None, help="default keyword threshold (default: the first "
                    "model's)")
+    p.add_argument("--matcher-from", default=None, help="keep this ingredient's matcher (default: average them)")

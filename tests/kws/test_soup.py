@@ -49,6 +49,10 @@ def test_soup_is_the_mean(tmp_path):
     x = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
     s = Spotter.from_dir(out).score_pair(x, 16000, "lights on")
     assert 0.0 <= s <= 1.0
+    kept = soup([a, b], tmp_path / "k", matcher_from=b)
+    np.testing.assert_array_equal(MatcherWeights.load(kept / "matcher.npz").w4, mb.w4)
+    with pytest.raises(ValueError, match="not one of"):
+        soup([a, b], tmp_path / "k2", matcher_from=tmp_path)
 
 
 def test_soup_of_one_model_scores_like_it(tmp_path):
