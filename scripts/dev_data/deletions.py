@@ -11,7 +11,8 @@ inference-time probes of the shipped model.
     # score with a longer or shorter noise pad before the clip (edge.spotter pads 0.2 s)
     python scripts/dev_data/deletions.py pad data/kws/real_phrases --pre 0.5 --model models/kws/default
     # penalise a score by the phone evidence in the frames just before the matched span (session 9)
-    python scripts/dev_data/deletions.py context data/kws/real_phrases --frames 5 --model models/kws/default
+    python scripts/dev_data/deletions.py context data/kws/real_phrases --frames 5 --model models/kws/default \
+        [--fit-on data/kws/piper_cuts_random]
     # oracle channel normalisation: each clip's per-band log-mel mean moved to the synthetic dev mean
     python scripts/dev_data/deletions.py cmvn data/kws/real_phrases --model models/kws/default
 """
@@ -131,16 +132,15 @@ def pad(data: str, model: str, pre: float) -> None:
     _report(f"pad before {pre} s", {k: (p, s[0]) for k, (p, s) in _score_clips(sp, data, lambda ids: [ids]).items()})
 
 
-def context(data: str, model: str, frames: int) -> None:
-    """At each pair's best frame, the largest non-blank posterior in the `frames` frames before the
-    partition's first segment (a dropped first phoneme sits there); score - weight x that."""
+def _context_evidence(sp, data: str, frames: int) -> list[tuple]:
+    """(pair, score, evidence, deletion side or "") per trial: at the pair's best frame, the largest
+    non-blank posterior in the `frames` frames before the partition's first segment."""
     from edge.scoring import DSPState, frame_inputs, keyword_rows, keyword_score
-    from edge.spotter import _PAD_AFTER, _PAD_BEFORE, Spotter
+    from edge.spotter import _PAD_AFTER, _PAD_BEFORE
 
-    sp = Spotter.from_dir(model)
     pairs = read_pairs(Path(data) / "pairs.jsonl")
     spoken = {p.audio: p.text for p in pairs if p.kind == "positive"}
-    found = []  # (pair, score, evidence, deletion side or "")
+    found = []
     for audio in dict.fromkeys(p.audio for p in pairs):
         rows = [p for p in pairs if p.audio == audio]
         emb, logp = sp.encode(np.concatenate([_PAD_BEFORE, load_audio(audio), _PAD_AFTER]))
@@ -159,12 +159,45 @@ def context(data: str, model: str, frames: int) -> None:
                 a, b = sp.phoneme_ids(spoken[audio], limit=None), sp.phoneme_ids(p.text, limit=None)
                 side = "start" if b == a[1:] else "end" if b == a[:-1] else ""
             found.append((p, score[i, t], float(phone[max(0, t0 - frames):t0].max(initial=0.0)), side))
+    return found
+
+
+def _logit_features(found) -> np.ndarray:
+    s = np.clip([f[1] for f in found], 1e-4, 1 - 1e-4)
+    return np.stack([np.log(s / (1 - s)), [f[2] for f in found], np.ones(len(found))], axis=1)
+
+
+def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 50) -> np.ndarray:
+    """Weights of a logistic regression by Newton's method (a small ridge keeps it defined)."""
+    w = np.zeros(x.shape[1])
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(x @ w)))
+        grad = x.T @ (p - y) + l2 * w
+        hess = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(len(w))
+        w -= np.linalg.solve(hess, grad)
+    return w
+
+
+def context(data: str, model: str, frames: int, fit_on: str | None = None) -> None:
+    """Score - weight x the phone evidence before the matched span, for a few hand-set weights; with
+    fit_on, also the logistic fusion of (score logit, evidence) fitted on that set's positive and hard
+    trials."""
+    from edge.spotter import Spotter
+
+    sp = Spotter.from_dir(model)
+    found = _context_evidence(sp, data, frames)
     for weight in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5):
         v = {p.id: s - weight * e for p, s, e, _ in found}
         pos = [v[p.id] for p, *_ in found if p.kind == "positive"]
         start = [v[p.id] for p, _, _, side in found if side == "start"]
         _report(f"weight {weight}", {p.id: (p, v[p.id]) for p, *_ in found})
         print(f"  deletion-start ({len(start)}): {_auc(pos, start) if start else float('nan'):.3f}")
+    if fit_on:
+        train = [f for f in _context_evidence(sp, fit_on, frames) if f[0].kind in ("positive", "hard")]
+        w = _fit_logistic(_logit_features(train), np.array([f[0].label for f in train], float))
+        fused = _logit_features(found) @ w
+        print(f"fitted on {fit_on}: score-logit weight {w[0]:.3f}, evidence weight {w[1]:.3f}")
+        _report("fused", {f[0].id: (f[0], v) for f, v in zip(found, fused, strict=True)})
 
 
 def cmvn(data: str, model: str, reference: str = "data/kws/dev") -> None:
@@ -199,6 +232,7 @@ def main() -> None:
             p.add_argument("--pre", type=float, required=True, help="seconds of noise before the clip")
         if name == "context":
             p.add_argument("--frames", type=int, default=5, help="20 ms frames before the matched span")
+            p.add_argument("--fit-on", default=None, help="folder with pairs.jsonl to fit a logistic fusion on")
         p.add_argument("--model", default="models/kws/default")
     sub.add_parser("edit-rate")
     a = ap.parse_args()
@@ -209,7 +243,7 @@ def main() -> None:
     elif a.cmd == "insertion":
         insertion(a.data, a.model)
     elif a.cmd == "context":
-        context(a.data, a.model, a.frames)
+        context(a.data, a.model, a.frames, a.fit_on)
     elif a.cmd == "cmvn":
         cmvn(a.data, a.model)
     else:
