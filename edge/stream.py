@@ -32,6 +32,7 @@ class Stream:
         self._last_fire: list[float] = []
         self._peak: list[tuple | None] = []  # pending (score, end, start, frames held) while rising
         self._rows = None
+        self._spans: list[tuple[int, int]] = []  # rows [a, b) of each keyword: one per pronunciation
         self._dsp: DSPState | None = None
         self._results: list[Detection] = []
 
@@ -72,12 +73,18 @@ class Stream:
         return True
 
     def _rebuild(self, old: DSPState | None, keep: list[int]) -> None:
-        # surviving keywords keep their partial-match state across the change
+        # surviving keywords keep their partial-match state across the change; `keep` are the old
+        # indices of the keywords that come first now, in order
+        old_spans, self._spans, rows = self._spans, [], []
+        for k in self._kw:
+            self._spans.append((len(rows), len(rows) + len(k.pronunciations)))
+            rows.extend(list(v) for v in k.pronunciations)
         if not self._kw:
             self._rows, self._dsp = None, None
             return
-        self._rows = keyword_rows(self._sp.table_emb, [list(k.phoneme_ids) for k in self._kw])
+        self._rows = keyword_rows(self._sp.table_emb, rows)
         new = DSPState(self._rows[3], self._sp.matcher.w_sim, self._sp.matcher.w_ctc, width=self._rows[0].shape[1])
+        keep = [r for i in keep for r in range(*old_spans[i])]  # keywords -> their rows
         if old is not None and keep:
             # a row's state beyond its own length is never read, so the width may grow or shrink
             new.frames, new.pos = old.frames, old.pos
@@ -149,8 +156,11 @@ class Stream:
                 continue
             q, ids, mask, n = self._rows
             s_t, c_t = frame_inputs(q, ids, emb[t][None], logp[t][None])
-            dp, feats, plen = self._dsp.step(s_t, c_t)
-            score = keyword_score(self._sp.matcher, feats, mask, dp, n)
+            dp, feats, row_len = self._dsp.step(s_t, c_t)
+            row_score = keyword_score(self._sp.matcher, feats, mask, dp, n)
+            # a keyword's score is that of its best pronunciation (and that one's span)
+            best = [a + int(np.argmax(row_score[a:b])) for a, b in self._spans]
+            score, plen = row_score[best], row_len[best]
             now = self._frame_end_time(step)
             shift = 0.001 * float(self._sp.metadata["frame_shift_ms"])
             for k in range(len(self._kw)):

@@ -28,6 +28,18 @@ def test_known_words(ph):
     assert ph.flat("lights on", boundaries=True) == ["L", "AY", "T", "S", WORD_BOUNDARY, "AA", "N"]
 
 
+def test_pronunciations_fewest_departures_first(ph):
+    the = [["DH", "AH"], ["DH", "IY"]]
+    assert ph.pronunciations("the") == the and ph.pronunciations("the")[0] == ph.flat("the")
+    both = [a + b for a in the for b in the]  # (AH AH), (AH IY), (IY AH), (IY IY)
+    assert ph.pronunciations("the the", limit=4) == both
+    assert ph.pronunciations("the the", limit=3) == both[:3]  # the two-word departure goes first
+    assert ph.pronunciations("lights") == [ph.flat("lights")]  # one CMUdict entry
+    assert ph.pronunciations("zorblax the")[0] == ph.flat("zorblax the")  # OOV: its predicted one
+    with pytest.raises(ValueError):
+        ph.pronunciations("the", limit=0)
+
+
 def test_numbers_are_spelled_out(ph):
     assert ph.phonemize("turn on light 2") == [["T", "ER", "N"], ["AA", "N"], ["L", "AY", "T"], ["T", "UW"]]
     assert ph.normalize("room 21") == ["room", "twenty", "one"]

@@ -151,3 +151,32 @@ def test_adding_a_longer_keyword_keeps_the_others_state(spotter):
     a = [(d.fired_time, round(d.score, 5)) for d in alone.results()]
     b = [(d.fired_time, round(d.score, 5)) for d in both.results() if d.keyword == "stop"]
     assert a == b
+
+
+def test_keywords_are_spotted_under_every_pronunciation(spotter):
+    """A pair and a stream both score a keyword by its best pronunciation (edge.spotter.PRONUNCIATIONS)."""
+    from edge import spotter as module
+
+    kw = spotter.enroll("the stop")
+    assert kw.pronunciations[0] == kw.phoneme_ids and len(kw.pronunciations) == 2
+    assert kw.pronunciations[1] == tuple(spotter.phoneme_ids("thee stop"))  # DH IY
+    x = (np.random.default_rng(5).standard_normal(16000) * 0.1).astype(np.float32)
+    emb, logp = spotter.encode(np.concatenate([module._PAD_BEFORE, x, module._PAD_AFTER]))
+    q, qi, mask, n = keyword_rows(spotter.table_emb, [list(v) for v in kw.pronunciations])
+    per_row = score_frames(spotter.matcher, q, qi, mask, n, emb, logp)
+    assert spotter.score_pair(x, 16000, "the stop") == pytest.approx(float(per_row.max()), abs=1e-6)
+    # a stream: the keyword's rows sit side by side and its detections carry the best row's score
+    s = spotter.create_stream([("the stop", 0.01), ("dog", 0.01)])
+    assert s._spans == [(0, 2), (2, 3)]
+    s.remove_keyword("the stop")
+    assert s._spans == [(0, 1)] and s._dsp.n.tolist() == [len(spotter.phoneme_ids("dog"))]
+    s = spotter.create_stream([("the stop", 0.01)])
+    emb, logp = spotter.encode(x)
+    s.consume(emb, logp)
+    per_row = score_frames(spotter.matcher, q, qi, mask, n, emb, logp)
+    dets = s.results()
+    assert dets, "threshold 0.01 on noise should fire"
+    best = per_row.max(axis=0)
+    assert all(np.abs(best - d.score).min() < 1e-5 for d in dets)
+    # on this clip the second pronunciation scores higher: the stream reports a score the first never reaches
+    assert max(d.score for d in dets) > per_row[0].max() + 1e-5
