@@ -34,6 +34,33 @@ WORD_BOUNDARY = "|"
 PHONEME_SET = frozenset(PHONEMES)
 
 _LATIN_WORD = re.compile(r"[a-z]+(?:'[a-z]+)*'?")
+# Weak forms of English function words in connected speech (the standard list of the phonetics
+# textbooks: reduced vowel, dropped /h/ of pronouns and auxiliaries, dropped final consonant),
+# added after CMUdict's own pronunciations of the word. CMUdict lists some (the DH AH N of "than")
+# and not others (the AH V of "have"). Written down from the textbook list, not fitted to any data.
+WEAK_FORMS: dict[str, list[list[str]]] = {
+    "have": [["HH", "AH", "V"], ["AH", "V"]],
+    "has": [["AH", "Z"]],
+    "had": [["HH", "AH", "D"], ["AH", "D"]],
+    "he": [["IY"]],
+    "him": [["IH", "M"]],
+    "his": [["IH", "Z"]],
+    "her": [["ER"]],
+    "and": [["AH", "N"]],
+    "of": [["AH"]],
+    "at": [["AH", "T"]],
+    "you": [["Y", "AH"]],
+    "them": [["AH", "M"]],
+    "could": [["K", "AH", "D"]],
+    "would": [["W", "AH", "D"]],
+    "should": [["SH", "AH", "D"]],
+    "must": [["M", "AH", "S"]],
+    "do": [["D", "AH"]],
+    "from": [["F", "R", "AH", "M"]],
+    "us": [["AH", "S"]],
+    "your": [["Y", "ER"]],
+    "shall": [["SH", "AH", "L"]],
+}
 _NLTK_LOCK = threading.Lock()
 
 
@@ -272,7 +299,8 @@ class Phonemizer:
         for word, prons in cmudict.dict().items():
             if prons:
                 self._dict[word] = strip_stress(prons[0])
-                alts = list(dict.fromkeys(tuple(strip_stress(x)) for x in prons))
+                alts = [tuple(strip_stress(x)) for x in prons] + [tuple(w) for w in WEAK_FORMS.get(word, [])]
+                alts = list(dict.fromkeys(alts))
                 if len(alts) > 1:
                     self._alts[word] = alts
         self._cache: dict[str, list[str]] = {}
@@ -337,8 +365,8 @@ class Phonemizer:
     def pronunciations(self, text: str, limit: int = 4) -> list[list[str]]:
         """Up to `limit` flat pronunciations of ``text``, the one of `flat` first.
 
-        Each word contributes every CMUdict pronunciation (stress removed, duplicates dropped; an
-        out-of-vocabulary word its predicted one); the phrase's variants are the combinations,
+        Each word contributes every CMUdict pronunciation (stress removed, duplicates dropped), then
+        its `WEAK_FORMS`; an out-of-vocabulary word its predicted one; the phrase's variants are the combinations,
         fewest departures from the first pronunciations first, so a cap keeps the likeliest:
         "the" -> DH AH, then DH IY; "than he" -> DH AE N HH IY, then DH AH N HH IY.
         """

@@ -24,10 +24,10 @@ CHUNK_FRAMES = 10  # feature frames per decode step: 100 ms
 REFRACTORY_S = 1.0
 PEAK_HOLD = 5  # frames (100 ms) a rising score may delay a detection
 CALIBRATION_TEXTS = 12
-# A keyword is spotted under up to this many pronunciations (CMUdict's variants, `Phonemizer.
-# pronunciations`); its score is the best of them. Read speech reduces function words ("than" DH AH N,
-# "the" DH IY): on the real phrases hard AUC 0.736 -> 0.757 with 4 (2: 0.747, 8 and 16: 0.757),
-# easy 0.983 -> 0.987; synthetic sets within +-0.003 (docs/kws.md, session 9).
+# A keyword is spotted under up to this many pronunciations (CMUdict's variants and the weak forms of
+# function words, `Phonemizer.pronunciations`); its score is the best of them. Read speech reduces
+# function words ("had he" HH AE D IY, "than" DH AH N): on the real phrases hard AUC 0.736 -> 0.780
+# with 4 (2: 0.759, 8: 0.781), easy 0.983 -> 0.984; synthetic sets within +-0.004 (docs/kws.md, session 9).
 PRONUNCIATIONS = 4
 
 

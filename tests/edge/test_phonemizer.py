@@ -35,6 +35,10 @@ def test_pronunciations_fewest_departures_first(ph):
     assert ph.pronunciations("the the", limit=4) == both
     assert ph.pronunciations("the the", limit=3) == both[:3]  # the two-word departure goes first
     assert ph.pronunciations("lights") == [ph.flat("lights")]  # one CMUdict entry
+    # weak forms follow CMUdict's own: "have" has one CMUdict entry and two weak forms
+    assert ph.pronunciations("have") == [["HH", "AE", "V"], ["HH", "AH", "V"], ["AH", "V"]]
+    assert ["HH", "AE", "D", "IY"] in ph.pronunciations("had he")  # the dropped /h/ of "he"
+    assert ph.flat("have") == ["HH", "AE", "V"]  # the canonical pronunciation is unchanged
     assert ph.pronunciations("zorblax the")[0] == ph.flat("zorblax the")  # OOV: its predicted one
     with pytest.raises(ValueError):
         ph.pronunciations("the", limit=0)
