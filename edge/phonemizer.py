@@ -374,11 +374,19 @@ class Phonemizer:
             raise ValueError(f"limit must be >= 1, got {limit}")
         words = self.normalize(text)
         options = [self._alts.get(w) or [tuple(self.word(w))] for w in words]
-        found: list[tuple[int, tuple[int, ...]]] = []  # (departures, choice per word)
-        for choice in itertools.islice(itertools.product(*(range(len(o)) for o in options)), 4096):
-            found.append((sum(c > 0 for c in choice), choice))
-        found.sort()
-        return [[p for w, c in zip(options, choice, strict=True) for p in w[c]] for _, choice in found[:limit]]
+        choices: list[tuple[int, ...]] = []  # the alternative taken per word, 0 = the first
+        for k in range(len(words) + 1):  # k words depart from their first pronunciation
+            batch = []
+            for where in itertools.combinations(range(len(words)), k):
+                for alts in itertools.product(*(range(1, len(options[i])) for i in where)):
+                    c = [0] * len(words)
+                    for i, a in zip(where, alts, strict=True):
+                        c[i] = a
+                    batch.append(tuple(c))
+            choices.extend(sorted(batch))
+            if len(choices) >= limit:
+                break
+        return [[p for w, c in zip(options, choice, strict=True) for p in w[c]] for choice in choices[:limit]]
 
     def flat(self, text: str, boundaries: bool = False) -> list[str]:
         """Phonemes of ``text`` as one sequence, optionally with ``WORD_BOUNDARY`` between words."""

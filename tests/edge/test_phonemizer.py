@@ -42,6 +42,9 @@ def test_pronunciations_fewest_departures_first(ph):
     assert ph.pronunciations("zorblax the")[0] == ph.flat("zorblax the")  # OOV: its predicted one
     with pytest.raises(ValueError):
         ph.pronunciations("the", limit=0)
+    # 2^14 combinations: all 14 single departures still come right after the first pronunciation
+    many = ph.pronunciations("the " * 14, limit=15)
+    assert many[0] == ph.flat("the " * 14) and ["DH", "IY"] + ["DH", "AH"] * 13 in many
 
 
 def test_numbers_are_spelled_out(ph):
