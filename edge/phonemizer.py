@@ -38,6 +38,10 @@ _LATIN_WORD = re.compile(r"[a-z]+(?:'[a-z]+)*'?")
 # textbooks: reduced vowel, dropped /h/ of pronouns and auxiliaries, dropped final consonant),
 # added after CMUdict's own pronunciations of the word. CMUdict lists some (the DH AH N of "than")
 # and not others (the AH V of "have"). Written down from the textbook list, not fitted to any data.
+# Pronunciations the neural G2P proposes for an out-of-vocabulary word (its greedy one first): on 400
+# CMUdict words, as a check of the model on words it was trained on, the greedy guess is one of the
+# word's CMUdict pronunciations for 72 %, one of the best 2 for 83 %, of the best 3 for 86 %.
+OOV_GUESSES = 3
 WEAK_FORMS: dict[str, list[list[str]]] = {
     "have": [["HH", "AH", "V"], ["AH", "V"]],
     "has": [["AH", "Z"]],
@@ -171,13 +175,18 @@ class NeuralG2P:
         n = np.tanh(gi[:, n2:] + r * gh[:, n2:])
         return (1 - z) * n + z * h
 
-    def predict(self, word: str) -> list[str]:
-        """Phonemes (with stress digits) of one lower-case word."""
+    def _encode(self, word: str):
         np, v = self.np, self.v
         ids = [self.g2idx.get(c, 1) for c in word] + [self.g2idx["</s>"]]
         h = np.zeros((1, v["enc_w_hh"].shape[-1]), np.float32)
         for i in ids:
             h = self._cell(v["enc_emb"][[i]], h, "enc")
+        return h
+
+    def predict(self, word: str) -> list[str]:
+        """Phonemes (with stress digits) of one lower-case word (greedy, as g2p-en decodes)."""
+        v = self.v
+        h = self._encode(word)
         dec = v["dec_emb"][[2]]  # <s>
         out = []
         for _ in range(20):
@@ -188,6 +197,30 @@ class NeuralG2P:
             out.append(_G2P_EN_OUTPUTS[pred])
             dec = v["dec_emb"][[pred]]
         return out
+
+    def predict_nbest(self, word: str, n: int = 3, beam: int = 4) -> list[list[str]]:
+        """Up to n pronunciations (with stress digits) by beam search, most probable first."""
+        np, v = self.np, self.v
+        h0 = self._encode(word)
+        beams = [(0.0, [], h0)]  # (log-probability, outputs, state)
+        done: list[tuple[float, list[int]]] = []
+        for _ in range(20):
+            if not beams:
+                break
+            cand = []
+            for lp, seq, h in beams:
+                h = self._cell(v["dec_emb"][[seq[-1] if seq else 2]], h, "dec")
+                logits = (h @ v["fc_w"].T + v["fc_b"])[0]
+                logp = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+                for k in np.argsort(-logp)[:beam]:
+                    cand.append((lp + float(logp[k]), seq + [int(k)], h))
+            cand.sort(key=lambda c: -c[0])
+            beams = []
+            for lp, seq, h in cand[:beam]:
+                (done.append((lp, seq[:-1])) if seq[-1] == 3 else beams.append((lp, seq, h)))
+        done.extend((lp, seq) for lp, seq, _ in beams)  # unfinished after 20 steps
+        done.sort(key=lambda d: -d[0])
+        return [[_G2P_EN_OUTPUTS[k] for k in seq] for _, seq in done[:n]]
 
 
 _ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
@@ -304,6 +337,7 @@ class Phonemizer:
                 if len(alts) > 1:
                     self._alts[word] = alts
         self._cache: dict[str, list[str]] = {}
+        self._nbest: dict[str, list[tuple[str, ...]]] = {}  # OOV words: the G2P's guesses, greedy first
         self._predictor = None
         self._lock = threading.Lock()
 
@@ -362,18 +396,30 @@ class Phonemizer:
         """
         return [self.word(w) for w in self.normalize(text)]
 
+    def _oov_options(self, word: str) -> list[tuple[str, ...]]:
+        """A word's own pronunciation, then (out of vocabulary) the neural G2P's next best guesses."""
+        first = tuple(self.word(word))
+        if word in self._dict or not self._oov:
+            return [first]
+        hit = self._nbest.get(word)
+        if hit is None:
+            guesses = self._get_predictor().predict_nbest(word.replace("'", ""), OOV_GUESSES)
+            hit = self._nbest[word] = list(dict.fromkeys([first] + [tuple(strip_stress(g)) for g in guesses if g]))
+        return hit
+
     def pronunciations(self, text: str, limit: int = 4) -> list[list[str]]:
         """Up to `limit` flat pronunciations of ``text``, the one of `flat` first.
 
         Each word contributes every CMUdict pronunciation (stress removed, duplicates dropped), then
-        its `WEAK_FORMS`; an out-of-vocabulary word its predicted one; the phrase's variants are the combinations,
+        its `WEAK_FORMS`; an out-of-vocabulary word its predicted one, then the G2P's next best
+        guesses (beam search, up to `OOV_GUESSES` in all); the phrase's variants are the combinations,
         fewest departures from the first pronunciations first, so a cap keeps the likeliest:
         "the" -> DH AH, then DH IY; "than he" -> DH AE N HH IY, then DH AH N HH IY.
         """
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         words = self.normalize(text)
-        options = [self._alts.get(w) or [tuple(self.word(w))] for w in words]
+        options = [self._alts.get(w) or self._oov_options(w) for w in words]
         choices: list[tuple[int, ...]] = []  # the alternative taken per word, 0 = the first
         for k in range(len(words) + 1):  # k words depart from their first pronunciation
             batch = []

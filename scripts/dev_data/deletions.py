@@ -15,6 +15,8 @@ inference-time probes of the shipped model.
         [--fit-on data/kws/piper_cuts_random]
     # oracle channel normalisation: each clip's per-band log-mel mean moved to the synthetic dev mean
     python scripts/dev_data/deletions.py cmvn data/kws/real_phrases --model models/kws/default
+    # every word as if out of vocabulary: the G2P's greedy guess alone vs its 3 best (OOV_GUESSES)
+    python scripts/dev_data/deletions.py oov data/kws/real_phrases --model models/kws/default
 """
 
 from __future__ import annotations
@@ -220,10 +222,31 @@ def cmvn(data: str, model: str, reference: str = "data/kws/dev") -> None:
         _report(name, {k: (p, s[0]) for k, (p, s) in _score_clips(sp, data, lambda ids: [ids]).items()})
 
 
+def oov(data: str, model: str) -> None:
+    """Pairs scored with CMUdict and the weak forms switched off, so every word goes through the neural
+    G2P: its greedy pronunciation alone, then up to 3 of its guesses (what an out-of-vocabulary word gets)."""
+    from edge import phonemizer as ph_module
+    from edge.spotter import Spotter
+
+    pairs = read_pairs(Path(data) / "pairs.jsonl")
+    for guesses in (1, ph_module.OOV_GUESSES):
+        ph_module.OOV_GUESSES = guesses
+        ph = ph_module.Phonemizer()
+        ph._dict.clear()
+        ph._alts.clear()
+        sp = Spotter.from_dir(model, phonemizer=ph)
+        scored = {}
+        for audio in dict.fromkeys(p.audio for p in pairs):
+            rows = [p for p in pairs if p.audio == audio]
+            for p, v in zip(rows, sp.score_pairs(load_audio(audio), 16000, [p.text for p in rows]), strict=True):
+                scored[p.id] = (p, v)
+        _report(f"every word out of vocabulary, {guesses} guess(es)", scored)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("sides", "insertion", "pad", "context", "cmvn"):
+    for name in ("sides", "insertion", "pad", "context", "cmvn", "oov"):
         p = sub.add_parser(name)
         p.add_argument("data", help="folder with pairs.jsonl")
         if name == "sides":
@@ -246,6 +269,8 @@ def main() -> None:
         context(a.data, a.model, a.frames, a.fit_on)
     elif a.cmd == "cmvn":
         cmvn(a.data, a.model)
+    elif a.cmd == "oov":
+        oov(a.data, a.model)
     else:
         pad(a.data, a.model, a.pre)
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from edge.phonemizer import PHONEMES, WORD_BOUNDARY, Phonemizer, edit_distance, strip_stress
+from edge.phonemizer import OOV_GUESSES, PHONEMES, WORD_BOUNDARY, Phonemizer, edit_distance, strip_stress
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,10 @@ def test_pronunciations_fewest_departures_first(ph):
     assert ph.pronunciations("have") == [["HH", "AE", "V"], ["HH", "AH", "V"], ["AH", "V"]]
     assert ["HH", "AE", "D", "IY"] in ph.pronunciations("had he")  # the dropped /h/ of "he"
     assert ph.flat("have") == ["HH", "AE", "V"]  # the canonical pronunciation is unchanged
-    assert ph.pronunciations("zorblax the")[0] == ph.flat("zorblax the")  # OOV: its predicted one
+    assert ph.pronunciations("zorblax the")[0] == ph.flat("zorblax the")  # OOV: its greedy guess first
+    guesses = ph.pronunciations("zorblax", limit=8)  # then the G2P's other guesses, up to OOV_GUESSES
+    assert guesses[0] == ph.flat("zorblax") and 2 <= len(guesses) <= OOV_GUESSES
+    assert len({tuple(g) for g in guesses}) == len(guesses)
     with pytest.raises(ValueError):
         ph.pronunciations("the", limit=0)
     # 2^14 combinations: all 14 single departures still come right after the first pronunciation
@@ -121,3 +124,14 @@ def test_numpy_gru_matches_g2p_en_and_its_import_stays_offline():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
     assert "nltk_data" not in out.stderr  # NLTK prints [nltk_data] ... when it tries to download
+
+
+def test_g2p_nbest_is_a_beam_search():
+    from edge.phonemizer import NeuralG2P
+
+    g = NeuralG2P()
+    best = g.predict_nbest("zorblax", n=3)
+    assert 1 <= len(best) <= 3 and len({tuple(b) for b in best}) == len(best)
+    assert all(p in PHONEMES for b in best for p in strip_stress(b))
+    # a word the model knows well: its first guess is the greedy one
+    assert g.predict_nbest("lights", n=1) == [g.predict("lights")]
