@@ -34,14 +34,14 @@ WORD_BOUNDARY = "|"
 PHONEME_SET = frozenset(PHONEMES)
 
 _LATIN_WORD = re.compile(r"[a-z]+(?:'[a-z]+)*'?")
-# Weak forms of English function words in connected speech (the standard list of the phonetics
-# textbooks: reduced vowel, dropped /h/ of pronouns and auxiliaries, dropped final consonant),
-# added after CMUdict's own pronunciations of the word. CMUdict lists some (the DH AH N of "than")
-# and not others (the AH V of "have"). Written down from the textbook list, not fitted to any data.
 # Pronunciations the neural G2P proposes for an out-of-vocabulary word (its greedy one first): on 400
 # CMUdict words, as a check of the model on words it was trained on, the greedy guess is one of the
 # word's CMUdict pronunciations for 72 %, one of the best 2 for 83 %, of the best 3 for 86 %.
 OOV_GUESSES = 3
+# Weak forms of English function words in connected speech (the standard list of the phonetics
+# textbooks: reduced vowel, dropped /h/ of pronouns and auxiliaries, dropped final consonant),
+# added after CMUdict's own pronunciations of the word. CMUdict lists some (the DH AH N of "than")
+# and not others (the AH V of "have"). Written down from the textbook list, not fitted to any data.
 WEAK_FORMS: dict[str, list[list[str]]] = {
     "have": [["HH", "AH", "V"], ["AH", "V"]],
     "has": [["AH", "Z"]],
@@ -217,7 +217,10 @@ class NeuralG2P:
             cand.sort(key=lambda c: -c[0])
             beams = []
             for lp, seq, h in cand[:beam]:
-                (done.append((lp, seq[:-1])) if seq[-1] == 3 else beams.append((lp, seq, h)))
+                if seq[-1] == 3:  # </s>
+                    done.append((lp, seq[:-1]))
+                else:
+                    beams.append((lp, seq, h))
         done.extend((lp, seq) for lp, seq, _ in beams)  # unfinished after 20 steps
         done.sort(key=lambda d: -d[0])
         return [[_G2P_EN_OUTPUTS[k] for k in seq] for _, seq in done[:n]]
@@ -421,9 +424,10 @@ class Phonemizer:
         words = self.normalize(text)
         options = [self._alts.get(w) or self._oov_options(w) for w in words]
         choices: list[tuple[int, ...]] = []  # the alternative taken per word, 0 = the first
-        for k in range(len(words) + 1):  # k words depart from their first pronunciation
+        varying = [i for i, o in enumerate(options) if len(o) > 1]
+        for k in range(len(varying) + 1):  # k words depart from their first pronunciation
             batch = []
-            for where in itertools.combinations(range(len(words)), k):
+            for where in itertools.combinations(varying, k):
                 for alts in itertools.product(*(range(1, len(options[i])) for i in where)):
                     c = [0] * len(words)
                     for i, a in zip(where, alts, strict=True):

@@ -48,6 +48,8 @@ def test_pronunciations_fewest_departures_first(ph):
     # 2^14 combinations: all 14 single departures still come right after the first pronunciation
     many = ph.pronunciations("the " * 14, limit=15)
     assert many[0] == ph.flat("the " * 14) and ["DH", "IY"] + ["DH", "AH"] * 13 in many
+    # only the words that have alternatives are combined: a long text with one such word is instant
+    assert len(ph.pronunciations("lights " * 39 + "the")) == 2
 
 
 def test_numbers_are_spelled_out(ph):
