@@ -152,34 +152,40 @@ class Spotter:
             self._enrolled[key] = kw
         return kw
 
+    def _lookup(self, text) -> EnrolledKeyword | None:
+        """The enrolled keyword of `text`, if enrolled."""
+        return self._enrolled.get(" ".join(text.lower().split()) if isinstance(text, str) else text)
+
+    def _ids(self, text: str, phones: list[str], limit: int | None) -> list[int]:
+        if limit is not None and len(phones) > limit:
+            raise ValueError(f"keyword {text!r} has {len(phones)} phonemes; at most {limit} are supported")
+        return [self._pid[p] for p in phones]
+
     def phoneme_ids(self, text: str, limit: int | None = MAX_PHONES) -> list[int]:
         """Text -> flat phoneme ids (no threshold calibration). Raises ValueError on bad text.
 
         `limit` caps the length of streaming keywords; pair verification passes None (any length).
         """
-        key = " ".join(text.lower().split()) if isinstance(text, str) else text
-        hit = self._enrolled.get(key)
+        hit = self._lookup(text)
         if hit is not None:
             return list(hit.phoneme_ids)
         if not isinstance(text, str) or not text.strip():
             raise ValueError("keyword text is empty")
-        phones = [p for w in self.phonemizer.phonemize(text) for p in w]
-        if limit is not None and len(phones) > limit:
-            raise ValueError(f"keyword {text!r} has {len(phones)} phonemes; at most {limit} are supported")
-        return [self._pid[p] for p in phones]
+        return self._ids(text, [p for w in self.phonemizer.phonemize(text) for p in w], limit)
 
     def pronunciation_ids(self, text: str, limit: int | None = MAX_PHONES) -> list[list[int]]:
         """Phoneme ids of up to PRONUNCIATIONS pronunciations of `text`, the `phoneme_ids` one first.
 
         `limit` as in `phoneme_ids`: the canonical pronunciation over it raises, longer variants are dropped.
         """
-        key = " ".join(text.lower().split()) if isinstance(text, str) else text
-        hit = self._enrolled.get(key)
+        hit = self._lookup(text)
         if hit is not None:
             return [list(v) for v in hit.pronunciations]
-        first = self.phoneme_ids(text, limit=limit)
-        out = [first]
-        for pron in self.phonemizer.pronunciations(text, PRONUNCIATIONS)[1:]:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("keyword text is empty")
+        prons = self.phonemizer.pronunciations(text, PRONUNCIATIONS)  # the first is `phonemize`'s
+        out = [self._ids(text, prons[0], limit)]
+        for pron in prons[1:]:
             ids = [self._pid[p] for p in pron]
             if (limit is None or len(ids) <= limit) and ids not in out:
                 out.append(ids)
