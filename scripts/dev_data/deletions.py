@@ -39,6 +39,12 @@ def _auc(pos: list[float], neg: list[float]) -> float:
     return roc_auc(pos + neg, [1] * len(pos) + [0] * len(neg))
 
 
+def _deletion_side(sp, spoken: str, text: str) -> str:
+    """"start" / "end" when `text` is `spoken` minus its first / last phoneme (`edit_kind`), else ""."""
+    kind = edit_kind(sp.phoneme_ids(spoken, limit=None), sp.phoneme_ids(text, limit=None))
+    return kind.removeprefix("deletion-") if kind in ("deletion-start", "deletion-end") else ""
+
+
 def sides(data: str, scores_path: str, model: str) -> None:
     from edge.spotter import Spotter
 
@@ -50,8 +56,7 @@ def sides(data: str, scores_path: str, model: str) -> None:
     for p in pairs:
         if p.kind != "hard" or p.audio not in pos:
             continue
-        a, b = sp.phoneme_ids(pos[p.audio].text, limit=None), sp.phoneme_ids(p.text, limit=None)
-        side = "start" if b == a[1:] else "end" if b == a[:-1] else None
+        side = _deletion_side(sp, pos[p.audio].text, p.text)
         if side:
             found[side].append((sc[p.id], sc[pos[p.audio].id]))
     for side, rows in found.items():
@@ -156,10 +161,7 @@ def _context_evidence(sp, data: str, frames: int) -> list[tuple]:
         for i, p in enumerate(rows):
             t = int(score[i].argmax())
             t0 = t - int(span[i, t]) + 1
-            side = ""
-            if p.kind == "hard" and audio in spoken:
-                a, b = sp.phoneme_ids(spoken[audio], limit=None), sp.phoneme_ids(p.text, limit=None)
-                side = "start" if b == a[1:] else "end" if b == a[:-1] else ""
+            side = _deletion_side(sp, spoken[audio], p.text) if p.kind == "hard" and audio in spoken else ""
             found.append((p, score[i, t], float(phone[max(0, t0 - frames):t0].max(initial=0.0)), side))
     return found
 
