@@ -32,7 +32,8 @@ main() {
   install_test_wheels
   local run="torchrun --standalone --nproc-per-node $NPROC"
   if [ "$DEV" = cuda ]; then
-    step kernel_tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/llm/test_kernels_quant.py tests/llm/test_p2p.py
+    step kernel_tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/llm/test_kernels_quant.py tests/llm/test_p2p.py \
+      tests/llm/test_quant_comm_graph.py
     step kernels 100 python3 bench/tp_kernels.py --device cuda --no-sweep --out "$D/kernels.json"
   fi
   step comm_nvlink 110 $run bench/tp_comm.py --device $DEV --tag nvlink --out "$D/comm_nvlink.json"

@@ -52,6 +52,31 @@ def _worker(rank: int, world: int) -> dict:
         graph.replay()
         out["graph"].append(all(torch.equal(t, w) for t, w in zip(static, want, strict=True)))
     out["captured"] = q.p2p(xs[0]).captured
+    # a forward pass whose last site is summed exactly (QuantCommConfig.exact_last, the default): three
+    # p2p reductions and one NCCL all-reduce per replay, an odd p2p count that only the all-reduce keeps
+    # ordered across replays; replayed back to back with new inputs and no host sync in between
+    sites = ["layers.0.attn", "layers.0.mlp", "layers.1.attn", "layers.1.mlp"]
+    cal4 = Calibration({s: torch.rand(world, H, generator=g) for s in sites}, tp=world)
+    q4 = QuantAllReduce(QuantCommConfig(min_bytes=0, transport="p2p", error_feedback=False), cal4)
+    rounds = [[torch.randn(512, H, device=dev, dtype=torch.bfloat16, generator=gen) for _ in sites]
+              for _ in range(8)]
+    want4 = [[q4(x.clone(), s) for x, s in zip(xs4, sites, strict=True)] for xs4 in rounds]
+    static4 = [x.clone() for x in rounds[0]]
+    torch.cuda.synchronize()
+    graph4 = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph4):
+        for t, s in zip(static4, sites, strict=True):
+            q4(t, s)
+    got4 = []
+    for xs4 in rounds:
+        for t, x in zip(static4, xs4, strict=True):
+            t.copy_(x)
+        graph4.replay()
+        got4.append([t.clone() for t in static4])
+    torch.cuda.synchronize()
+    out["exact_graph"] = [all(torch.equal(a, b) for a, b in zip(ga, wa, strict=True))
+                          for ga, wa in zip(got4, want4, strict=True)]
+    out["exact_captured"] = q4.p2p(rounds[0][0]).captured
     out["last"] = got["p2p"].cpu()  # ranks agree bit for bit
     return out
 
@@ -66,4 +91,5 @@ def test_p2p_transport_equals_nccl_all_gather():
         assert max(r["err"]) < 0.25, r["err"]
         assert r["capacity"] >= 2 * 2 * 4096 * H // 2
         assert r["graph"] == [True, True] and r["captured"] == 2
+        assert r["exact_graph"] == [True] * 8 and r["exact_captured"] == 3, (r["exact_graph"], r["exact_captured"])
     assert torch.equal(res[0]["last"], res[1]["last"])
