@@ -113,6 +113,19 @@ def keep_map(outlier_idx: torch.Tensor, hidden: int) -> torch.Tensor:
     return keep[0::2] | (keep[1::2] << 16)
 
 
+def round_groups(xg: torch.Tensor, bits: int = 4, exact_div: bool = EXACT_DIV) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rounding of the wire format for groups xg [..., G] (fp32): (codes as fp32 in [-qmax, qmax],
+    fp16 scales [...]), scale = absmax / 2^(bits-1) (a power of two: exact), qmax = 2^(bits-1) - 1,
+    round half up. The kernels carry bits=4; other widths serve what-if studies (llm.parallel.quality)."""
+    qmax = 2 ** (bits - 1) - 1
+    sc = (xg.abs().amax(dim=-1) * (INV_QMAX if bits == 4 else 2.0 ** (1 - bits))).clamp(max=65504.0)
+    sc = sc.to(torch.float16)
+    scf = sc.float().unsqueeze(-1)
+    safe = torch.where(scf > 0, scf, 1.0)
+    q = xg / safe if exact_div else xg * (1.0 / safe)
+    return torch.floor(torch.where(scf > 0, q, 0.0) + 0.5).clamp(-qmax, qmax), sc
+
+
 def quantize_pack_ref(x: torch.Tensor, outlier_idx: torch.Tensor, group: int, out: torch.Tensor | None = None,
                       err: torch.Tensor | None = None, err_in: bool = True,
                       exact_div: bool = EXACT_DIV) -> torch.Tensor:
@@ -137,13 +150,9 @@ def quantize_pack_ref(x: torch.Tensor, outlier_idx: torch.Tensor, group: int, ou
     xi[:, outlier_idx] = 0.0
     pad = lay.n_groups * group - h
     xg = torch.nn.functional.pad(xi, (0, pad)).view(n, lay.n_groups, group)
-    absmax = xg.abs().amax(dim=-1)
-    sc = (absmax * INV_QMAX).clamp(max=65504.0).to(torch.float16)
+    q, sc = round_groups(xg, exact_div=exact_div)
     scales.copy_(sc)
     scf = sc.float().unsqueeze(-1)
-    safe = torch.where(scf > 0, scf, 1.0)
-    q = xg / safe if exact_div else xg * (1.0 / safe)
-    q = torch.floor(torch.where(scf > 0, q, 0.0) + 0.5).clamp(-QMAX, QMAX)
     if err is not None:
         deq = (q * scf).view(n, -1)[:, :h]
         deq[:, outlier_idx] = xo.float()

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from llm.kernels import quantize_pack as qp
+
 MODES = ("exact", "bf16", "one_shot", "one_shot_quantlast", "one_shot_noef_quantlast", "two_shot", "naive_int4")
 MARGIN = 0.1
 
@@ -88,11 +90,8 @@ class _FakeQuant:
         xi[:, idx] = 0.0
         pad = (-h) % self.GROUP
         xg = F.pad(xi, (0, pad)).view(xf.shape[0], -1, self.GROUP)
-        qmax = 2 ** (b - 1) - 1
-        sc = (xg.abs().amax(-1, keepdim=True) / 2 ** (b - 1)).clamp(max=65504.0).to(torch.float16).float()
-        safe = torch.where(sc > 0, sc, 1.0)
-        codes = torch.floor(torch.where(sc > 0, xg * (1.0 / safe), 0.0) + 0.5).clamp(-qmax, qmax)
-        y = (codes * sc).view(xf.shape[0], -1)[:, :h]
+        codes, sc = qp.round_groups(xg, bits=b, exact_div=False)
+        y = (codes * sc.float().unsqueeze(-1)).view(xf.shape[0], -1)[:, :h]
         y[:, idx] = xf[:, idx].to(torch.bfloat16).float()
         y = y.view(x.shape).to(x.dtype)
         self.err = y - (x - self.err)
