@@ -54,8 +54,8 @@ EXACT_DIV = False
 TILE_GROUPS = 32
 NUM_WARPS = 4
 
-QMAX = 7
-INV_QMAX = 0.125  # scale = absmax / 8: a power of two, so exact in every implementation
+BITS = 4  # code width of the wire format (codes in [-7, 7])
+INV_QMAX = 2.0 ** (1 - BITS)  # scale = absmax / 8: a power of two, so exact in every implementation
 _ALIGN = 16
 
 
@@ -113,12 +113,12 @@ def keep_map(outlier_idx: torch.Tensor, hidden: int) -> torch.Tensor:
     return keep[0::2] | (keep[1::2] << 16)
 
 
-def round_groups(xg: torch.Tensor, bits: int = 4, exact_div: bool = EXACT_DIV) -> tuple[torch.Tensor, torch.Tensor]:
+def round_groups(xg: torch.Tensor, bits: int = BITS, exact_div: bool = EXACT_DIV) -> tuple[torch.Tensor, torch.Tensor]:
     """The rounding of the wire format for groups xg [..., G] (fp32): (codes as fp32 in [-qmax, qmax],
     fp16 scales [...]), scale = absmax / 2^(bits-1) (a power of two: exact), qmax = 2^(bits-1) - 1,
-    round half up. The kernels carry bits=4; other widths serve what-if studies (llm.parallel.quality)."""
+    round half up. The kernels carry BITS; other widths serve what-if studies (llm.parallel.quality)."""
     qmax = 2 ** (bits - 1) - 1
-    sc = (xg.abs().amax(dim=-1) * (INV_QMAX if bits == 4 else 2.0 ** (1 - bits))).clamp(max=65504.0)
+    sc = (xg.abs().amax(dim=-1) * 2.0 ** (1 - bits)).clamp(max=65504.0)
     sc = sc.to(torch.float16)
     scf = sc.float().unsqueeze(-1)
     safe = torch.where(scf > 0, scf, 1.0)
