@@ -68,8 +68,13 @@ def _worker(rank: int, world: int) -> dict:
     return out
 
 
-def test_error_feedback_and_pipeline():
-    res = run_ranks(_worker, 2)
+@pytest.fixture(scope="module")
+def res():
+    """Both ranks' results of every mode: the gloo ranks are spawned once for all tests of this file."""
+    return run_ranks(_worker, 2)
+
+
+def test_error_feedback_and_pipeline(res):
     r0 = res[0]
     # 8 reductions: without feedback their errors add up in the residual; with it, one remains
     assert r0["ef"] * 2 < r0["noef"], (r0["ef"], r0["noef"])
@@ -85,10 +90,9 @@ def test_error_feedback_and_pipeline():
             assert torch.equal(a, b), tag
 
 
-def test_exact_last_site():
+def test_exact_last_site(res):
     """The last site takes the carried error out and sums exactly: the residual stream after a forward
     pass equals the exact one up to fp32 rounding, where a quantized last site leaves its error there."""
-    res = run_ranks(_worker, 2)
     r0 = res[0]
     assert r0["exact_last"] < 1e-5 and r0["exact_last_two_shot"] < 1e-5, r0
     assert r0["ef"] > 1e-3, r0["ef"]
@@ -112,10 +116,10 @@ def test_last_site_order():
     assert last_site([]) is None
 
 
-def test_fake_quantizer_matches_the_real_path():
+def test_fake_quantizer_matches_the_real_path(res):
     """quality.py's per-site what-if quantizer at 4 bits is the real all-quantized path; more bits at the
     last site leave less error in the residual stream."""
-    r0 = run_ranks(_worker, 2)[0]
+    r0 = res[0]
     for a, b in zip(r0["ef_sums"], r0["fake4_sums"], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     assert r0["fake4_last12"] * 20 < r0["fake4"], (r0["fake4_last12"], r0["fake4"])
