@@ -180,18 +180,24 @@ def read_detections(path: str | Path) -> list[dict]:
 
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Any WAV (or FLAC/OGG) -> float32 mono at ``sample_rate``."""
+    """Any WAV (or FLAC/OGG), any rate and channel count -> float32 mono at ``sample_rate``.
+
+    Channels are averaged; the rate is converted by the edge runtime's resampler
+    (``edge.features.resample``, soxr), so no training-only dependency is needed.
+    """
     import soundfile as sf
 
+    from edge.features import resample
+
+    if not Path(path).exists():
+        raise ManifestError(f"cannot read audio {path}: no such file")
     try:
         x, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:
         raise ManifestError(f"cannot read audio {path}: {e}") from None
-    x = x.mean(axis=1)
-    if sr != sample_rate:
-        from kws.data.espeak import resample
-
-        x = resample(x, sr, sample_rate)
+    if not np.isfinite(x).all():  # a float WAV may hold NaN/inf: it would score as silence
+        raise ManifestError(f"cannot use audio {path}: it contains non-finite samples (NaN or inf)")
+    x = resample(x.mean(axis=1), int(sr), sample_rate)
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
