@@ -189,12 +189,11 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
     from edge.features import resample
 
-    if not Path(path).exists():
-        raise ManifestError(f"cannot read audio {path}: no such file")
     try:
         x, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:
-        raise ManifestError(f"cannot read audio {path}: {e}") from None
+        why = "no such file" if not Path(path).exists() else e  # libsndfile says only "System error"
+        raise ManifestError(f"cannot read audio {path}: {why}") from None
     if not np.isfinite(x).all():  # a float WAV may hold NaN/inf: it would score as silence
         raise ManifestError(f"cannot use audio {path}: it contains non-finite samples (NaN or inf)")
     x = resample(x.mean(axis=1), int(sr), sample_rate)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.phonemizer import PHONEMES
 from kws.eval.manifest import load_audio, read_pairs
 from kws.eval.metrics import edit_kind, roc_auc
 
@@ -247,7 +248,7 @@ def oov(data: str, model: str) -> None:
         _report(f"every word out of vocabulary, {guesses} guess(es)", scored)
 
 
-_VOWELS = frozenset({"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"})
+_VOWELS = frozenset(p for p in PHONEMES if p[0] in "AEIOU")  # as kws.data.piper derives them
 
 
 def _connected_speech(pron: list[str], spelling: str, rules: tuple[str, ...]) -> list[tuple[str, ...]]:
@@ -260,7 +261,7 @@ def _connected_speech(pron: list[str], spelling: str, rules: tuple[str, ...]) ->
     if "flap" in rules:
         alt = list(base)
         for i in range(1, len(base) - 1):
-            if base[i] == "T" and weak[i + 1] and base[i + 1] in _VOWELS:
+            if base[i] == "T" and weak[i + 1]:  # only vowels carry a stress mark
                 if base[i - 1] in _VOWELS or base[i - 1] == "R":
                     alt[i] = "D"
                 elif base[i - 1] == "N" and i >= 2 and base[i - 2] in _VOWELS:
