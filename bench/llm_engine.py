@@ -184,6 +184,8 @@ def prefill_graph_phase(path: Path, a, max_ctx: int) -> dict:
             cmd += ["--dtype", a.dtype]
         if a.compile_prefill:
             cmd += ["--compile-prefill"]
+        if a.cute_prefill:
+            cmd += ["--cute-prefill"]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.prefill_graph_timeout)
         except subprocess.TimeoutExpired:
@@ -192,10 +194,15 @@ def prefill_graph_phase(path: Path, a, max_ctx: int) -> dict:
     if proc.returncode != 0 or "ttft_prefill_graphs" not in r:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
         return {"prefill_graphs_error": f"rc={proc.returncode}: " + " | ".join(tail)}
-    comp = r.get("ttft_prefill_graphs_compiled", {})
-    return {"ttft_ms_prefill_graphs": {int(p): v["median"] for p, v in r["ttft_prefill_graphs"].items()},
-            **({"ttft_ms_prefill_graphs_compiled": {int(p): v["median"] for p, v in comp.items()}} if comp else {}),
-            "prefill_graphs_agree": r.get("agree"), "prefill_graphs_buckets_failed": r.get("buckets_failed")}
+    out = {"ttft_ms_prefill_graphs": {int(p): v["median"] for p, v in r["ttft_prefill_graphs"].items()},
+           "prefill_graphs_agree": r.get("agree"), "prefill_graphs_buckets_failed": r.get("buckets_failed")}
+    for key in ("ttft_prefill_graphs_compiled", "ttft_prefill_graphs_compiled_cute"):
+        if r.get(key):
+            out[key.replace("ttft_", "ttft_ms_", 1)] = {int(p): v["median"] for p, v in r[key].items()}
+    if "cute_prefill" in r:
+        out["cute_prefill"] = r["cute_prefill"]
+        out["cute_prefill_agree"] = r.get("agree_compiled_cute")
+    return out
 
 
 def bench_model(path: Path, a, device: torch.device, bw: float, res: dict, save) -> None:
@@ -246,7 +253,7 @@ def bench_model(path: Path, a, device: torch.device, bw: float, res: dict, save)
             res["hf_decode_tok_s_sampled"] = {b: round(hf_decode(hf, b, a.gen, a.decode_prompt_len, vocab, True), 1)
                                               for b in a.batches}
         res["prefill_speedup"] = {p: round(res["hf_ttft_ms"][p] / res["ttft_ms"][p], 2) for p in plens}
-        for key in ("ttft_ms_prefill_graphs", "ttft_ms_prefill_graphs_compiled"):
+        for key in ("ttft_ms_prefill_graphs", "ttft_ms_prefill_graphs_compiled", "ttft_ms_prefill_graphs_compiled_cute"):
             if key in res:
                 res[key.replace("ttft_ms", "prefill_speedup")] = {p: round(res["hf_ttft_ms"][p] / res[key][p], 2)
                                                                   for p in plens}
@@ -324,7 +331,8 @@ def print_table(out: dict) -> None:
         for p, v in r["ttft_ms"].items():
             hv = r.get("hf_ttft_ms", {}).get(p, "-")
             print(f"  {'TTFT ms @' + str(p):<22}{v:>12}{hv:>14}{r.get('prefill_speedup', {}).get(p, '-'):>9}")
-        for tag, key in (("graphs", "ttft_ms_prefill_graphs"), ("g+compile", "ttft_ms_prefill_graphs_compiled")):
+        for tag, key in (("graphs", "ttft_ms_prefill_graphs"), ("g+compile", "ttft_ms_prefill_graphs_compiled"),
+                         ("g+c+cute", "ttft_ms_prefill_graphs_compiled_cute")):
             for p, v in r.get(key, {}).items():
                 hv = r.get("hf_ttft_ms", {}).get(p, "-")
                 sp = r.get(key.replace("ttft_ms", "prefill_speedup"), {}).get(p, "-")
@@ -389,6 +397,8 @@ def main() -> None:
                     help="skip the prefill-graph TTFT phase (bench/llm_prefill.py in a child process)")
     ap.add_argument("--prefill-graph-timeout", type=int, default=180)
     ap.add_argument("--compile-prefill", action="store_true", help="prefill-graph phase: compiled prefills too")
+    ap.add_argument("--cute-prefill", action="store_true",
+                    help="prefill-graph phase: last, with llm.kernels.cute_prefill swapped in (FA4 + SwiGLU GEMM)")
     a = ap.parse_args()
     device, out = start_run(a)
     bw = copy_bandwidth(device, (1 << 30) if device.type == "cuda" else (1 << 27))

@@ -93,6 +93,18 @@ def prefill_graph_ttft(path: Path, a, device: torch.device, max_ctx: int, res: d
         save()
     eng.prefill_graphs = None
     res["ttft_eager_again"] = {p: _ms_stats(ttft_times(eng, p, a.reps)) for p in plens}
+    save()
+    if a.cute_prefill:  # last: it swaps kernels in the model for good (llm/kernels/cute_prefill.py)
+        from llm.kernels import cute_prefill
+
+        res["cute_prefill"] = cute_prefill.enable(eng.model)
+        res["ttft_eager_cute"] = {p: _ms_stats(ttft_times(eng, p, a.reps)) for p in plens}
+        save()
+        if a.compile_prefill:
+            eng.prefill_graphs = PrefillGraphs(eng.model, eng.cache_len, compile_min_len=2048)
+            res["ttft_prefill_graphs_compiled_cute"] = {p: _ms_stats(ttft_times(eng, p, a.reps)) for p in plens}
+            res["agree_compiled_cute"] = {p: first_logits_agree(eng, p) for p in plens}
+            eng.prefill_graphs = None
 
 def run_all(a, device: torch.device, out: dict) -> None:
     """Every model of `a.models` (results keyed by the argument); exits 1 if any failed."""
@@ -114,7 +126,8 @@ def run_all(a, device: torch.device, out: dict) -> None:
         save(out, a.out)
     for m, r in out["models"].items():
         print(f"\n{m}: TTFT ms, median (min-max) of {a.reps} after one warm-up run")
-        for key in ("ttft_eager", "ttft_prefill_graphs", "ttft_prefill_graphs_compiled", "ttft_eager_again"):
+        for key in ("ttft_eager", "ttft_prefill_graphs", "ttft_prefill_graphs_compiled", "ttft_eager_again",
+                    "ttft_eager_cute", "ttft_prefill_graphs_compiled_cute"):
             for p, v in r.get(key, {}).items():
                 print(f"  {key:<22}@{p:<6}{v['median']:>9} ({v['min']}-{v['max']})  first {v['first']}")
         for p, v in r.get("eager_forward_split", {}).items():
@@ -140,6 +153,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--max-context", type=int, default=0, help="0: as bench/llm_engine.py picks it")
     ap.add_argument("--compile-prefill", action="store_true", help="also prefill graphs of compiled prefills")
+    ap.add_argument("--cute-prefill", action="store_true",
+                    help="last, with FlashAttention-4 + the SwiGLU-epilogue GEMM swapped in (sm90+, if installed)")
     ap.add_argument("--smoke", action="store_true", help="tiny random shapes (to test the script)")
     ap.add_argument("--workdir", default="/tmp/llm_bench_models")
     ap.add_argument("--out", default="runs/bench/llm_prefill.json")

@@ -205,6 +205,9 @@ class Attention(nn.Module):
         self.prefill_native_gqa = True
         # under torch.compile only: decode attention as multiply + sum (see decode_attention_sum)
         self.decode_sum_attention = False
+        # fresh prompts: fn(q, k, v, scale) [B, S, H, D] -> [B, S, H, D] instead of SDPA
+        # (llm.kernels.cute_prefill.enable sets FlashAttention-4 here)
+        self.prefill_attention = None
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, slots: Tensor | None,
                 kv_len: int, fresh: bool) -> Tensor:
@@ -230,8 +233,11 @@ class Attention(nn.Module):
                 values = values.repeat_interleave(hq // hk, dim=1)
             else:
                 keys_r = keys
-            y = F.scaled_dot_product_attention(q.transpose(1, 2), keys_r, values, is_causal=S > 1, scale=scale,
-                                               enable_gqa=hq != keys_r.shape[1])
+            if self.prefill_attention is not None and S > 1:
+                y = self.prefill_attention(q, k, v, scale).transpose(1, 2)  # [B, H, S, D] view
+            else:
+                y = F.scaled_dot_product_attention(q.transpose(1, 2), keys_r, values, is_causal=S > 1, scale=scale,
+                                                   enable_gqa=hq != keys_r.shape[1])
         else:
             keys, values = self.kv_cache.update_and_read(input_pos, slots, k, v, kv_len)  # [B, Hk, T, D]
             if S == 1 and self.decode_sum_attention and torch.compiler.is_compiling():
@@ -292,8 +298,16 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(dim, hidden, bias=bias)  # gate
         self.w3 = nn.Linear(dim, hidden, bias=bias)  # up
         self.w2 = nn.Linear(hidden, dim, bias=bias)  # down
+        # optional one-GEMM SwiGLU fn(x [M, D], w13 [2I, D]) -> [M, I] for calls of >= fused_min_tokens rows
+        # (llm.kernels.cute_prefill.enable sets it, and w13 = [w1; w3] with w1 / w3 views of it)
+        self.w13_fused = None
+        self.w13: Tensor | None = None
+        self.fused_min_tokens = 512
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.w13_fused is not None and x.numel() // x.shape[-1] >= self.fused_min_tokens:
+            h = self.w13_fused(x.reshape(-1, x.shape[-1]), self.w13)  # [M, I]
+            return self.w2(h.view(*x.shape[:-1], h.shape[-1]))
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 

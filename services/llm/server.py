@@ -185,9 +185,10 @@ def load_engine(settings: LlmSettings):
         raise FileNotFoundError(f"no model at {settings.model} (expected a Hugging Face folder with config.json)")
     kwargs = {}
     accepted = set(inspect.signature(Engine.from_pretrained).parameters) | set(inspect.signature(Engine).parameters)
-    for k in ("max_batch_size", "max_prefill_tokens_per_step", "prefill_graphs", "decode_steps", "compile"):
+    for k in ("max_batch_size", "max_prefill_tokens_per_step", "prefill_graphs", "decode_steps", "compile",
+              "cute_prefill"):
         v = getattr(settings, k)
-        if v is not None and k in accepted and (k != "compile" or v):
+        if v is not None and k in accepted and (k not in ("compile", "cute_prefill") or v):
             kwargs[k] = v
     if "detokenize" in accepted:  # the runner detokenizes and applies stop strings itself
         kwargs["detokenize"] = False

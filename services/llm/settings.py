@@ -38,6 +38,9 @@ class LlmSettings(BaseSettings):
     decode_steps: int = Field(1, ge=1, le=256, description="greedy decode steps per host sync (CUDA graphs); "
                               "a request arriving mid-run waits up to this many steps to be admitted")
     compile: bool = Field(False, description="CUDA: torch.compile the decode graphs (~15 s per bucket at start)")
+    cute_prefill: bool = Field(False, description="sm90+ GPUs with flash-attn-4 and quack-kernels installed: "
+                               "FlashAttention-4 and a SwiGLU-epilogue GEMM for prompts (H100, 1B model, 8k-token "
+                               "compiled prefill 39.4 -> 34.7 ms); without them a logged fallback to SDPA / cuBLAS")
     warmup: bool = True
 
     auth_tokens: str = Field("", description="comma-separated bearer tokens; empty = no auth")

@@ -300,6 +300,15 @@ def test_prefill_graphs_setting_reaches_the_engine(tiny_model, monkeypatch):
     assert eng.prefill_graphs is None  # CPU: no CUDA graphs, the prefill runs eager
 
 
+def test_cute_prefill_setting_reaches_the_engine_and_falls_back_on_cpu(tiny_model, monkeypatch):
+    from services.llm.server import load_engine
+
+    assert load_engine(LlmSettings(model=tiny_model)).cute_prefill == {}  # off by default
+    monkeypatch.setenv("WAKELINE_LLM_CUTE_PREFILL", "1")
+    eng = load_engine(LlmSettings(model=tiny_model))
+    assert eng.cute_prefill == {"attention": "not a CUDA device", "swiglu": "not a CUDA device"}
+
+
 def test_decode_steps_setting_reaches_the_engine_and_keeps_greedy_output(tiny_model, monkeypatch):
     from services.llm.server import load_engine
 
