@@ -20,13 +20,7 @@ outlier values as one short vector of the K slots per program.
 Error feedback (optional, `err`): the rank quantizes x - err instead of x and then overwrites err with
 its new quantization error, dequant(message) - (x - err). The caller passes the same err buffer to the
 next reduction of the same forward pass, so the residual stream, which adds up every reduction, never
-accumulates more than one reduction's error (`llm.parallel.quant_comm` keeps that state). The buffer is
-either a tensor in x's dtype (2 bytes per value read and 2 written for bf16) or a `CompactError`: one
-signed byte per value, the error in units of 1/128 of its group's scale (a 4-bit error never exceeds one
-scale step), plus that fp16 scale per group: 1 + 1/64 bytes read and written per value, so the quantize
-pass moves ~5.1 instead of ~7.1 bytes per value (p2p) at a rounding of the carried error 1/256 of a step,
-far under the 4-bit error itself. The outlier channels' error (their bf16 rounding) is held the same way,
-in units of their group's scale, clipped at +-127 units where an outlier is ~2^16 times the inliers.
+accumulates more than one reduction's error (`llm.parallel.quant_comm` keeps that state).
 """
 
 from __future__ import annotations
@@ -86,43 +80,6 @@ class Layout:
         return bits / self.hidden
 
 
-@dataclass(frozen=True)
-class CompactError:
-    """Error-feedback state in one byte per value (module docstring): codes int8 [N, H] (H even) holding
-    round(err / scale * 128) clipped to +-127, and scales fp16 [N, ceil(H/G)], the group scales of the
-    message that made the error (the outlier channels' bf16 rounding error too, in their group's units)."""
-
-    codes: torch.Tensor
-    scales: torch.Tensor
-    group: int
-
-    @classmethod
-    def empty(cls, rows: int, hidden: int, group: int, device) -> CompactError:
-        if hidden % 2:
-            raise ValueError(f"compact error buffers need an even hidden size, got {hidden}")
-        ng = (hidden + group - 1) // group
-        return cls(torch.empty(rows, hidden, dtype=torch.int8, device=device),
-                   torch.empty(rows, ng, dtype=torch.float16, device=device), group)
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.codes.shape
-
-    @property
-    def device(self) -> torch.device:
-        return self.codes.device
-
-    def rows(self, a: int, b: int) -> CompactError:
-        """Rows a..b-1 (views)."""
-        return CompactError(self.codes[a:b], self.scales[a:b], self.group)
-
-    def dequant(self) -> torch.Tensor:
-        """The carried error as fp32 [N, H]: code * scale / 128 (exact in fp32)."""
-        h = self.codes.shape[1]
-        sc = self.scales.float().repeat_interleave(self.group, dim=1)[:, :h]
-        return self.codes.float() * sc * (1.0 / 128)
-
-
 def _align(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
@@ -170,24 +127,23 @@ def round_groups(xg: torch.Tensor, bits: int = BITS, exact_div: bool = EXACT_DIV
 
 
 def quantize_pack_ref(x: torch.Tensor, outlier_idx: torch.Tensor, group: int, out: torch.Tensor | None = None,
-                      err: torch.Tensor | CompactError | None = None, err_in: bool = True,
+                      err: torch.Tensor | None = None, err_in: bool = True,
                       exact_div: bool = EXACT_DIV) -> torch.Tensor:
     """Torch reference: quantize x [N, H] into a flat uint8 message (see module docstring).
 
-    err ([N, H], x's dtype, or a `CompactError`), if given, is read (unless err_in is False: no previous
-    error) and then overwritten with the new quantization error. Bytes moved: reads N*H*x.element_size(), writes
+    err ([N, H], x's dtype), if given, is read (unless err_in is False: no previous error) and then
+    overwritten with the new quantization error. Bytes moved: reads N*H*x.element_size(), writes
     N*(ceil(H/2) + 2*ceil(H/G) + 2*K): for bf16 and G=128, K=H/64, 2 bytes in and ~0.55 out per value;
-    error feedback adds 2 bytes in (unless err_in is False) and 2 out, or 1 + 1/64 each way compact.
+    error feedback adds 2 bytes in (unless err_in is False) and 2 out.
     """
     n, h = x.shape
     k = outlier_idx.numel()
     lay = layout(n, h, group, k)
     buf = torch.zeros(lay.total, dtype=torch.uint8, device=x.device) if out is None else out
     packed, scales, outl = views(buf, lay)
-    compact = isinstance(err, CompactError)
     xf = x.float()
     if err is not None and err_in:
-        xf = xf - (err.dequant() if compact else err.float())
+        xf = xf - err.float()
     xo = xf[:, outlier_idx].to(torch.bfloat16)
     outl.copy_(xo)
     xi = xf.clone()
@@ -197,20 +153,7 @@ def quantize_pack_ref(x: torch.Tensor, outlier_idx: torch.Tensor, group: int, ou
     q, sc = round_groups(xg, exact_div=exact_div)
     scales.copy_(sc)
     scf = sc.float().unsqueeze(-1)
-    if compact:
-        # error of the inliers (outliers: code 0, x 0), in 1/128 of the group scale, rounded half up
-        safe = torch.where(scf > 0, scf, 1.0)
-        d = q * scf - xg  # [N, NG, G]
-        u = d / safe if exact_div else d * (1.0 / safe)
-        codes = torch.floor(u * 128.0 + 0.5).clamp(-127, 127).view(n, -1)[:, :h]
-        if k:  # outliers: their bf16 rounding, in units of their group's scale
-            so = safe.view(n, -1)[:, outlier_idx // group]
-            uo = (xo.float() - xf[:, outlier_idx])
-            uo = uo / so if exact_div else uo * (1.0 / so)
-            codes[:, outlier_idx] = torch.floor(uo * 128.0 + 0.5).clamp(-127, 127)
-        err.codes.copy_(codes.to(torch.int8))
-        err.scales.copy_(sc)
-    elif err is not None:
+    if err is not None:
         deq = (q * scf).view(n, -1)[:, :h]
         deq[:, outlier_idx] = xo.float()
         err.copy_(deq - xf)
@@ -302,17 +245,14 @@ if triton is not None:
         return kk, idx, mo, rk.to(tl.int64)[:, None]
 
     @triton.jit
-    def _quantize_pack_kernel(x_ptr, e_ptr, es_ptr, keep_ptr, idx_ptr, buf_ptr, peer_ptr, N, PB, H2, NG, K,
-                              stride_x, stride_xw, stride_e, stride_ew, OFF_S, OFF_O, INV_Q,
+    def _quantize_pack_kernel(x_ptr, e_ptr, keep_ptr, idx_ptr, buf_ptr, peer_ptr, N, PB, H2, NG, K, stride_x,
+                              stride_xw, stride_e, stride_ew, OFF_S, OFF_O, INV_Q,
                               GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
                               BLOCK_K: tl.constexpr, PAIRED: tl.constexpr, EVEN: tl.constexpr,
                               ERR_IN: tl.constexpr, ERR_OUT: tl.constexpr, HAS_OUTL: tl.constexpr,
-                              EXACT_DIV: tl.constexpr, INTERP: tl.constexpr, N_PEERS: tl.constexpr,
-                              ERR_I8: tl.constexpr):
+                              EXACT_DIV: tl.constexpr, INTERP: tl.constexpr, N_PEERS: tl.constexpr):
         # One pass over BLOCK_R rows x BLOCK_G groups. Strides: stride_* in elements, stride_*w in 32-bit
         # words (PAIRED); OFF_S / OFF_O: byte offsets of the scales (fp16) and outliers (bf16) in buf.
-        # ERR_I8: the error buffer is a CompactError: e_ptr int8 codes (stride_ew in 16-bit words, one word
-        # per channel pair), es_ptr its fp16 group scales [N, NG]; outlier channels carry no error.
         # N_PEERS > 0: every store of the message is repeated at buf + peer_ptr[p] (int64 byte distances
         # to other ranks' copies of this slot, mapped peer memory): the kernel pushes the message itself.
         sc_ptr = (buf_ptr + OFF_S).to(tl.pointer_type(tl.float16), bitcast=True)
@@ -322,11 +262,7 @@ if triton is not None:
             # stored contiguously; v stays in registers for the error written at the end
             kk, idx, mo, rk64 = outlier_tile(idx_ptr, N, K, GROUP, BLOCK_R, BLOCK_G, BLOCK_K)
             v = tl.load(x_ptr + rk64 * stride_x + idx[None, :], mask=mo, other=0.0).to(tl.float32)
-            if ERR_IN and ERR_I8:
-                ko = tl.load(e_ptr + rk64 * stride_e + idx[None, :], mask=mo, other=0).to(tl.float32)
-                so = tl.load(es_ptr + rk64 * NG + idx[None, :] // GROUP, mask=mo, other=0.0).to(tl.float32)
-                v -= ko * (so * 0.0078125)
-            if ERR_IN and not ERR_I8:
+            if ERR_IN:
                 v -= tl.load(e_ptr + rk64 * stride_e + idx[None, :], mask=mo, other=0.0).to(tl.float32)
             vb = v.to(tl.bfloat16)
             tl.store(ol_ptr + rk64 * K + kk[None, :], vb, mask=mo)
@@ -340,46 +276,28 @@ if triton is not None:
         # code 0); x0, x1: the same where the error of an outlier lane is not needed (overwritten below)
         if HAS_OUTL:
             keep = tl.load(keep_ptr + j, mask=m0, other=0)
-        if ERR_IN and ERR_I8:
-            # two int8 codes per 16-bit word (channel 2j in the low byte), times scale / 128 (exact)
-            ew8 = tl.load(e_ptr.to(tl.pointer_type(tl.int16), bitcast=True) + r64 * stride_ew + j, mask=m0,
-                          other=0).to(tl.int32)
-            esc = tl.load(es_ptr + r.to(tl.int64) * NG + g, mask=ok, other=0.0).to(tl.float32) * 0.0078125
-            e80 = ((ew8 << 24) >> 24).to(tl.float32) * esc[:, None]
-            e81 = (ew8 >> 8).to(tl.float32) * esc[:, None]
-            if HAS_OUTL:  # the outliers' error was taken above; their lanes leave the groups
-                e80 = tl.where((keep & 65535) == 0, 0.0, e80)
-                e81 = tl.where((keep >> 16) == 0, 0.0, e81)
         if PAIRED:  # an AND of the raw bf16 pair zeroes the outliers of x and err alike
             xw = tl.load(x_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + r64 * stride_xw + j, mask=m0, other=0)
-            if ERR_IN and not ERR_I8:
+            if ERR_IN:
                 ew = tl.load(e_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + r64 * stride_ew + j, mask=m0,
                              other=0)
             if HAS_OUTL:
                 xw = xw & keep
-                if ERR_IN and not ERR_I8:
+                if ERR_IN:
                     ew = ew & keep
             x0 = (xw << 16).to(tl.float32, bitcast=True)
             x1 = (xw & -65536).to(tl.float32, bitcast=True)
             if ERR_IN:
-                if ERR_I8:  # outlier lanes hold code 0
-                    x0 -= e80
-                    x1 -= e81
-                else:
-                    x0 -= (ew << 16).to(tl.float32, bitcast=True)
-                    x1 -= (ew & -65536).to(tl.float32, bitcast=True)
+                x0 -= (ew << 16).to(tl.float32, bitcast=True)
+                x1 -= (ew & -65536).to(tl.float32, bitcast=True)
             i0 = x0
             i1 = x1
         else:
             x0, x1 = load_pairs(x_ptr, r64 * stride_x, r64 * stride_xw, j, m0, m1, PAIRED)
             if ERR_IN:
-                if ERR_I8:
-                    x0 -= e80
-                    x1 -= e81
-                else:
-                    e0, e1 = load_pairs(e_ptr, r64 * stride_e, r64 * stride_ew, j, m0, m1, PAIRED)
-                    x0 -= e0
-                    x1 -= e1
+                e0, e1 = load_pairs(e_ptr, r64 * stride_e, r64 * stride_ew, j, m0, m1, PAIRED)
+                x0 -= e0
+                x1 -= e1
             if HAS_OUTL:
                 i0 = tl.where((keep & 65535) == 0, 0.0, x0)
                 i1 = tl.where((keep >> 16) == 0, 0.0, x1)
@@ -423,51 +341,7 @@ if triton is not None:
         for p in tl.static_range(N_PEERS):
             dp = tl.load(peer_ptr + p)
             tl.store(buf_ptr + dp + byte_offsets(r64 * PB + j), codes, mask=m0)
-        if ERR_OUT and ERR_I8:
-            # the inliers' error (outlier lanes: code 0 and i 0) in 1/128 of the group scale, rounded half up
-            # as the reference does: d exact but for one rounding, d * (1 / scale) one more, * 128 exact
-            d0 = tl.fma(c0.to(tl.float32), scf[:, None], -i0)
-            d1 = tl.fma(c1.to(tl.float32), scf[:, None], -i1)
-            if EXACT_DIV:
-                u0 = tl.math.div_rn(d0, safe[:, None])
-                u1 = tl.math.div_rn(d1, safe[:, None])
-            elif INTERP:
-                u0 = d0 * rcp
-                u1 = d1 * rcp
-            else:
-                u0 = libdevice.mul_rn(d0, rcp)
-                u1 = libdevice.mul_rn(d1, rcp)
-            if INTERP:
-                k0 = tl.floor(u0 * 128.0 + 0.5).to(tl.int32)
-                k1 = tl.floor(u1 * 128.0 + 0.5).to(tl.int32)
-            else:
-                k0 = libdevice.float2int_rd(u0 * 128.0 + 0.5)
-                k1 = libdevice.float2int_rd(u1 * 128.0 + 0.5)
-            k0 = tl.minimum(tl.maximum(k0, -127), 127)
-            k1 = tl.minimum(tl.maximum(k1, -127), 127)
-            tl.store(e_ptr.to(tl.pointer_type(tl.int16), bitcast=True) + r64 * stride_ew + j,
-                     ((k0 & 255) | ((k1 & 255) << 8)).to(tl.int16), mask=m0)
-            tl.store(es_ptr + r.to(tl.int64) * NG + g, sc, mask=ok)
-            if HAS_OUTL:
-                # outliers: their bf16 rounding in units of their group's new scale (stored above by other
-                # lanes of this program), over the code-0 bytes just written
-                tl.debug_barrier()
-                gs = tl.load(es_ptr + rk64 * NG + idx[None, :] // GROUP, mask=mo, other=0.0).to(tl.float32)
-                gsafe = tl.where(gs > 0, gs, 1.0)
-                do = vb.to(tl.float32) - v
-                if EXACT_DIV:
-                    uo = tl.math.div_rn(do, gsafe)
-                elif INTERP:
-                    uo = do * (1.0 / gsafe)
-                else:
-                    uo = libdevice.mul_rn(do, tl.math.div_rn(tl.full(gsafe.shape, 1.0, tl.float32), gsafe))
-                if INTERP:
-                    ko = tl.floor(uo * 128.0 + 0.5).to(tl.int32)
-                else:
-                    ko = libdevice.float2int_rd(uo * 128.0 + 0.5)
-                ko = tl.minimum(tl.maximum(ko, -127), 127)
-                tl.store(e_ptr + rk64 * stride_e + idx[None, :], ko.to(tl.int8), mask=mo)
-        elif ERR_OUT:
+        if ERR_OUT:
             # the product of a code and an fp16 scale is exact in fp32: one rounding, as in the reference
             d0 = tl.fma(c0.to(tl.float32), scf[:, None], -x0)
             d1 = tl.fma(c1.to(tl.float32), scf[:, None], -x1)
@@ -509,8 +383,7 @@ def block_k(k: int) -> int:
 
 
 def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, keep: torch.Tensor, group: int,
-                  out: torch.Tensor | None = None, block_g: int | None = None,
-                  err: torch.Tensor | CompactError | None = None,
+                  out: torch.Tensor | None = None, block_g: int | None = None, err: torch.Tensor | None = None,
                   err_in: bool = True, num_warps: int = NUM_WARPS, exact_div: bool = EXACT_DIV,
                   block_r: int | None = None, peers: torch.Tensor | None = None) -> torch.Tensor:
     """Triton launcher: same result as `quantize_pack_ref` (x [N, H] row-major; outlier_idx int32 sorted;
@@ -528,11 +401,7 @@ def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, keep: torch.Tensor
     k = outlier_idx.numel()
     if out is None:
         out = torch.empty(layout(n, h, group, k).total, dtype=torch.uint8, device=x.device)
-    compact = isinstance(err, CompactError)
-    if compact and (err.group != group or err.codes.shape != x.shape or not err.codes.is_contiguous()):
-        raise ValueError("the CompactError buffer must be contiguous, of x's shape and of the message's group size")
-    e = x if err is None else (err.codes if compact else err)
-    es = err.scales if compact else keep
+    e = x if err is None else err
     sx, se = x.stride(0), e.stride(0)
     n_peers = 0 if peers is None else peers.numel()
     if n_peers > 1:
@@ -541,24 +410,22 @@ def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, keep: torch.Tensor
         raise ValueError(f"quantize_pack pushes to at most one peer, got {n_peers}")
     # everything the launch depends on besides the tensors' addresses (their alignment is in the key)
     key = (n, h, sx, se, x.dtype, e.dtype, k, group, err is not None, err_in, block_g, block_r, num_warps,
-           exact_div, x.data_ptr() % 16, e.data_ptr() % 16, out.data_ptr() % 16, n_peers, compact,
-           es.data_ptr() % 16)
+           exact_div, x.data_ptr() % 16, e.data_ptr() % 16, out.data_ptr() % 16, n_peers)
     plan = _plans.get(key)
     if plan is None:
         plan = _plan(x, e, out, k, group, err is not None and err_in, err is not None, block_g, block_r, exact_div,
-                     n_peers, compact)
+                     n_peers)
         if len(_plans) > 1024:  # prefill lengths vary: keep the cache bounded
             _plans.clear()
         _plans[key] = plan
-    _launch(key, plan[0], (x, e, es, keep, outlier_idx, out, keep if peers is None else peers) + plan[1], num_warps)
+    _launch(key, plan[0], (x, e, keep, outlier_idx, out, keep if peers is None else peers) + plan[1], num_warps)
     return out
 
 
 _plans: dict[tuple, tuple] = {}
 
 
-def _plan(x, e, out, k, group, err_in, err_out, block_g, block_r, exact_div, n_peers=0,
-          compact=False) -> tuple[tuple, tuple]:
+def _plan(x, e, out, k, group, err_in, err_out, block_g, block_r, exact_div, n_peers=0) -> tuple[tuple, tuple]:
     """(grid, the scalar and constexpr arguments) of one quantize launch."""
     if group & (group - 1):
         raise ValueError(f"the Triton kernels need a power-of-two group size, got {group}")
@@ -568,10 +435,8 @@ def _plan(x, e, out, k, group, err_in, err_out, block_g, block_r, exact_div, n_p
         raise ValueError(f"out has {out.numel()} bytes, the message needs {lay.total}")
     br, bg = tile_shape(n, lay.n_groups, block_g, block_r)
     sx, se = x.stride(0), e.stride(0)
-    # compact: e is int8 codes and stride_ew counts their 16-bit words (pairs); PAIRED is about x alone
-    paired = pairable(x) if compact else pairable(x, e)
-    meta = (group, br, bg, block_k(k), paired, h % group == 0, err_in, err_out, k > 0, exact_div, INTERPRET,
-            n_peers, compact)
+    meta = (group, br, bg, block_k(k), pairable(x, e), h % group == 0, err_in, err_out, k > 0, exact_div, INTERPRET,
+            n_peers)
     return ((-(-n // br), -(-lay.n_groups // bg), 1),
             (n, lay.packed_bytes, h // 2, lay.n_groups, k, sx, sx // 2, se, se // 2, lay.off_scales,
              lay.off_outliers, INV_QMAX) + meta)

@@ -90,10 +90,6 @@ class QuantCommConfig:
     block_r: int | None = None     # qp.TILE_GROUPS groups per program (fastest on an H100: bench/tp_kernels.py)
     num_warps: int = qp.NUM_WARPS
     error_feedback: bool = True    # carry each rank's quantization error to the next site (module doc)
-    # carry it in one byte per value (qp.CompactError: 1/128 of the group scale; outliers carry none)
-    # instead of x's dtype: the quantize pass reads and writes ~2 bytes per value less. One-shot only
-    # (two-shot adds its second quantization's error into the buffer) and even hidden sizes.
-    compact_error: bool = True
     chunks: int = 1                # one-shot pipeline: quantize / all-gather / dequant of row chunks overlap
     chunk_min_bytes: int = 16 << 20  # fewer chunks than `chunks` when they would be smaller than this
     # how one-shot messages travel: "nccl" (all-gather), "p2p" (the quantize kernel pushes them into the
@@ -225,8 +221,7 @@ class QuantAllReduce:
         self._min_bytes = cfg.min_bytes
         self._order: dict[str, int] = {}   # site -> position in the forward pass (first seen order)
         self._last = -1                    # position of the previous quantized site
-        # this rank's error of the previous site (error feedback): x's dtype, or qp.CompactError
-        self._err: torch.Tensor | qp.CompactError | None = None
+        self._err: torch.Tensor | None = None  # this rank's error of the previous site (error feedback)
         self._valid = False                # whether _err holds the previous site's error
         self._bufs: dict[tuple, tuple[torch.Tensor, ...]] = {}  # all-gather targets, reused
         self._world: tuple[int, int] | None = None  # (size, rank) of the group, read once
@@ -274,7 +269,7 @@ class QuantAllReduce:
         return device.type == "cuda" and qp.triton is not None
 
     def quantize(self, x2: torch.Tensor, s: _Site, out: torch.Tensor | None = None,
-                 err: torch.Tensor | qp.CompactError | None = None, err_in: bool = True,
+                 err: torch.Tensor | None = None, err_in: bool = True,
                  peers: torch.Tensor | None = None) -> torch.Tensor:
         """One rank's message for x2 [N, H]; with err, error feedback (read unless not err_in, then written);
         with peers (Triton only), also written at those byte distances from out (the p2p transport)."""
@@ -341,18 +336,12 @@ class QuantAllReduce:
             return None, False
         pos = self._order.setdefault(site, len(self._order))
         e = self._err
-        compact = self.cfg.compact_error and self.cfg.mode == "one_shot" and x2.shape[-1] % 2 == 0
-        if compact:
-            same = (isinstance(e, qp.CompactError) and e.shape == x2.shape and e.device == x2.device
-                    and e.group == self.cfg.group_size)
-        else:
-            same = isinstance(e, torch.Tensor) and e.shape == x2.shape and e.dtype == x2.dtype and e.device == x2.device
+        same = e is not None and e.shape == x2.shape and e.dtype == x2.dtype and e.device == x2.device
         # a site at or before the previous one starts a new forward pass: no error to carry
         carry = same and self._valid and pos > self._last
         self._last = pos
         if not same:
-            e = self._err = (qp.CompactError.empty(*x2.shape, self.cfg.group_size, x2.device) if compact
-                             else torch.empty_like(x2))
+            e = self._err = torch.empty_like(x2)
         self._valid = True
         return e, carry
 
@@ -378,7 +367,7 @@ class QuantAllReduce:
             # first push after the peer's last dequant (p2p module doc: the count of p2p reductions in a
             # forward pass becomes odd)
             if carry:
-                x2.sub_(err.dequant() if isinstance(err, qp.CompactError) else err)
+                x2.sub_(err)
             self._valid = False
             dist.all_reduce(x2, group=self.group)
             return x2 if x2 is x else x2.view(shape)
@@ -405,7 +394,7 @@ class QuantAllReduce:
         out = self.dequant_sum(bufs, lay, s, x.dtype, out=x2)
         return out if x2 is x else out.view(shape)
 
-    def _pipelined(self, x2: torch.Tensor, s: _Site, w: int, err: torch.Tensor | qp.CompactError | None, carry: bool,
+    def _pipelined(self, x2: torch.Tensor, s: _Site, w: int, err: torch.Tensor | None, carry: bool,
                    c: int) -> torch.Tensor:
         """One-shot over c row chunks: chunk i+1 is quantized while chunk i's all-gather runs, and
         chunk i is dequantized while later all-gathers run (NCCL has its own stream)."""
@@ -418,7 +407,7 @@ class QuantAllReduce:
             b = min(n, a + step)
             lay = qp.layout(b - a, h, self.cfg.group_size, s.idx.numel())
             bufs, flat, mine = self._buffer(f"chunk{i}", w, lay.total, x2.device, rank)
-            e = None if err is None else (err.rows(a, b) if isinstance(err, qp.CompactError) else err[a:b])
+            e = None if err is None else err[a:b]
             self.quantize(x2[a:b], s, out=mine, err=e, err_in=carry)
             pending.append((a, b, lay, bufs, _gather(flat, mine, group=self.group, async_op=True)))
         for a, b, lay, bufs, work in pending:
