@@ -53,6 +53,40 @@ def timer(fn, iters: int, warmup: int, device: torch.device) -> float:
     return median_max_over_ranks(ts, device)
 
 
+def graph_timer(fn, k: int, iters: int, device: torch.device) -> float | str:
+    """Median seconds per call of `k` calls captured in one CUDA graph and replayed (max over ranks):
+    the device time of the path with the host's launch cost taken out, as inside a captured forward
+    pass. Returns the error text if the path cannot be captured."""
+    torch.cuda.synchronize(device)
+    dist.barrier()
+    g = torch.cuda.CUDAGraph()
+    err = ""
+    try:
+        with torch.cuda.graph(g):
+            for _ in range(k):
+                fn()
+    except Exception as e:  # a path that cannot be captured: say so, keep the others
+        err = f"{type(e).__name__}: {e}"[:200]
+    flag = torch.tensor([1.0 if err else 0.0], device=device)
+    dist.all_reduce(flag)
+    if flag.item() > 0:
+        return err or "capture failed on another rank"
+    for _ in range(3):
+        g.replay()
+    ts = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        dist.barrier()
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) / 1e3 / k)
+    out = median_max_over_ranks(ts, device)
+    del g
+    return out
+
+
 def fake_calibration(world: int, k_div: int = 64) -> Calibration:
     g = torch.Generator().manual_seed(0)
     r = torch.rand(world, H, generator=g)
@@ -101,6 +135,8 @@ def main() -> None:
     ap = tp_parser(__doc__, "docs/tp_comm.png")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--max-mb", type=float, default=128)
+    ap.add_argument("--graph", type=int, default=0,
+                    help="K > 0: also time K calls of each path captured in one CUDA graph (CUDA only)")
     args = ap.parse_args()
     if args.plot:
         plot(args.plot, args.png)
@@ -141,6 +177,20 @@ def main() -> None:
         for name, q in quants.items():
             x.copy_(x0)
             row[f"{name}_s"] = timer(lambda x=x, q=q: call(q, x), iters, warmup, dev)
+        if args.graph and dev.type == "cuda":
+            x.copy_(x0)
+            row["nccl_bf16_graph_s"] = graph_timer(lambda x=x: dist.all_reduce(x), args.graph, iters, dev)
+            for name, q in quants.items():
+                x.copy_(x0)
+                row[f"{name}_graph_s"] = graph_timer(lambda x=x, q=q: call(q, x), args.graph, iters, dev)
+                if isinstance(row[f"{name}_graph_s"], float) and isinstance(row["nccl_bf16_graph_s"], float):
+                    row[f"speedup_{name}_graph"] = row["nccl_bf16_graph_s"] / row[f"{name}_graph_s"]
+            if st.rank == 0:
+                print(f"{nbytes / 2**20:9.3f} MB  graphs of {args.graph}: "
+                      + "  ".join(f"{k[:-8]} {v * 1e6:.1f} us" if isinstance(v, float) else f"{k[:-8]} {v}"
+                                  for k, v in row.items() if k.endswith("_graph_s"))
+                      + "  " + "  ".join(f"{k[8:-6]} {v:.2f}x" for k, v in row.items()
+                                         if k.startswith("speedup_") and k.endswith("_graph")), flush=True)
         x.copy_(x0)
         q = quants["one_shot"]
         s = q._site("bench", H, dev)
@@ -177,7 +227,7 @@ def main() -> None:
            "bits_per_value": quants["one_shot"].bits_per_value(H),
            "nccl_p2p_disable": os.environ.get("NCCL_P2P_DISABLE", ""), "gate_min_bytes": gate,
            "paths": sorted(quants),
-           "smoke": smoke, "rows": rows_out}
+           "smoke": smoke, "graph_calls": args.graph, "rows": rows_out}
     if st.rank == 0:
         write_json(args.out, res)
         print(f"gate (quantized faster from here up): {gate} bytes; bits/value {res['bits_per_value']:.3f}")

@@ -17,6 +17,7 @@ BUDGET=${BUDGET:-400}
 DEV=cuda
 NPROC=${NPROC:-2}  # TP degree (issue #9: 4 or 8 on nvidia-h200-x4 / -x8)
 E2E_ARGS=${E2E_ARGS:-}  # e.g. "--shape 70b" at TP=4/8
+COMM_ARGS=${COMM_ARGS:-}  # e.g. "--graph 8": also time each path captured in CUDA graphs
 if [ "${SMOKE:-0}" = "1" ]; then DEV=cpu; fi
 
 # STEPS="kernel_tests comm_nvlink" runs only those steps
@@ -36,9 +37,10 @@ main() {
       tests/llm/test_quant_comm_graph.py
     step kernels 100 python3 bench/tp_kernels.py --device cuda --no-sweep --out "$D/kernels.json"
   fi
-  step comm_nvlink 110 $run bench/tp_comm.py --device $DEV --tag nvlink --out "$D/comm_nvlink.json"
+  step comm_nvlink 110 $run bench/tp_comm.py --device $DEV --tag nvlink $COMM_ARGS --out "$D/comm_nvlink.json"
   step e2e_nvlink 170 $run bench/tp_e2e.py --device $DEV --tag nvlink $E2E_ARGS --out "$D/e2e_nvlink.json"
-  NCCL_P2P_DISABLE=1 step comm_nop2p 110 $run bench/tp_comm.py --device $DEV --tag nop2p --out "$D/comm_nop2p.json"
+  NCCL_P2P_DISABLE=1 step comm_nop2p 110 $run bench/tp_comm.py --device $DEV --tag nop2p $COMM_ARGS \
+    --out "$D/comm_nop2p.json"
   for m in dense moe; do
     if [ -f models/llm/$m/config.json ]; then
       step quality_$m 90 $run -m llm.parallel.quality --model models/llm/$m --device $DEV \
