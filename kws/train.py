@@ -52,6 +52,10 @@ class TrainConfig:
     warmup: int = 100
     ema: float = 0.97
     warp: float = 0.0  # mel-axis stretch (VTLP) of up to +-warp in feature_augment
+    # SpecAugment time masks: this many spans of up to time_mask_frames feature frames (10 ms) per
+    # utterance set to its mean (0: none, the runs up to 17)
+    time_masks: int = 0
+    time_mask_frames: int = 8
     tau: float = 0.1
     # frames (20 ms) by which every alignment target trails the audio: the phoneme said at frame t is
     # the target of the embedding at t + label_delay, and the decision fires label_delay frames after
@@ -95,13 +99,15 @@ def collate(examples: list[dict], device) -> dict:
 
 
 def feature_augment(feats: torch.Tensor, gen: torch.Generator | None = None, max_tilt: float = 0.7,
-                    masks: int = 2, max_width: int = 6, max_warp: float = 0.0) -> torch.Tensor:
+                    masks: int = 2, max_width: int = 6, max_warp: float = 0.0, time_masks: int = 0,
+                    max_time: int = 8) -> torch.Tensor:
     """Channel, band and speaker robustness on log-mel features [B, T, M], a batch at a time.
 
     First stretches the mel axis of each utterance by a random factor within 1 +- max_warp (vocal
     tract length perturbation: formants move, tempo does not), then adds a smooth random curve over the mel bins to each utterance (up to +-max_tilt in log units,
     ~6 dB: microphone and room colouring) and blanks `masks` random bands of up to `max_width` bins
-    with the utterance's mean (SpecAugment's frequency masks).
+    with the utterance's mean (SpecAugment's frequency masks), and `time_masks` random spans of up to
+    `max_time` frames inside the utterance (not its padding) the same way (SpecAugment's time masks).
     """
     b, _, m = feats.shape
     dev = feats.device
@@ -129,6 +135,14 @@ def feature_augment(feats: torch.Tensor, gen: torch.Generator | None = None, max
         f0 = (rand(b, 1) * (m - w).clamp(min=1)).long()
         band = (bins >= f0) & (bins < f0 + w)  # [B, M]
         out = torch.where(band[:, None, :], mean, out)
+    if time_masks:
+        n_real = (feats > PAD_FEAT + 1e-3).any(-1).sum(1, keepdim=True)  # [B, 1]: padding is at the end
+        tt = torch.arange(feats.shape[1], device=dev)[None]
+        for _ in range(time_masks):
+            w = (rand(b, 1) * (max_time + 1)).long()
+            t0 = (rand(b, 1) * (n_real - w).clamp(min=1)).long()
+            span = (tt >= t0) & (tt < t0 + w) & (tt < n_real)  # [B, T]
+            out = torch.where(span[:, :, None], mean, out)
     return out
 
 
@@ -249,7 +263,8 @@ class Trainer:
         c, dev = self.cfg, self.device
         bt = collate(examples, dev)
         if c.feat_aug and self.model.training:
-            bt["feats"] = feature_augment(bt["feats"], self.gen, max_warp=c.warp)
+            bt["feats"] = feature_augment(bt["feats"], self.gen, max_warp=c.warp, time_masks=c.time_masks,
+                                          max_time=c.time_mask_frames)
         logp, emb = self.model(bt["feats"])  # [B, T, V], [B, T, E]
         t = logp.shape[1]
         lens = bt["lens"].clamp(max=t)

@@ -94,6 +94,23 @@ def test_feature_warp_moves_formants_and_keeps_padding():
     assert torch.equal(feature_augment(x, g, max_tilt=0.0, masks=0), x)
 
 
+def test_time_masks_blank_short_spans_inside_the_utterance():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(16, 80, 40) - 4
+    x[:, 60:] = PAD_FEAT
+    y = feature_augment(x, g, max_tilt=0.0, masks=0, time_masks=2, max_time=8)
+    changed = (y != x).any(-1)  # [B, T] frames touched
+    assert changed.any() and not changed[:, 60:].any()  # inside the utterance only
+    assert int(changed.sum(1).max()) <= 16  # two spans of at most 8 frames
+    mean = x[:, :60].mean(dim=(1, 2))
+    for b in range(16):  # a touched frame holds the utterance's mean in every bin
+        if changed[b].any():
+            assert torch.allclose(y[b, changed[b]], mean[b].expand_as(y[b, changed[b]]), atol=1e-5)
+    # off by default: the same draws as before for the runs without it
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(feature_augment(x, g1), feature_augment(x, g2, time_masks=0))
+
+
 def test_live_corpus_keeps_adding_examples():
     data: list[dict] = []
     live = LiveCorpus(data, workers=1, job_size=10, seed=5)
