@@ -36,8 +36,10 @@ def _import_quack():
     return gemm_gated
 
 
-def status(device: torch.device | str | None = None) -> dict[str, str]:
-    """{"attention": "fa4" | reason not, "swiglu": "quack" | reason not} for this process and device."""
+def status(device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+           head_dim: int | None = None) -> dict[str, str]:
+    """{"attention": "fa4" | reason not, "swiglu": "quack" | reason not} for this process, device and
+    (when given) the model's dtype and head size."""
     out = {}
     dev = torch.device(device) if device is not None else None
     if dev is None or dev.type != "cuda" or not torch.cuda.is_available():
@@ -45,12 +47,16 @@ def status(device: torch.device | str | None = None) -> dict[str, str]:
     major = torch.cuda.get_device_capability(dev)[0]
     if major < 9:
         return {"attention": f"sm{major}x: needs sm90+", "swiglu": f"sm{major}x: needs sm90+"}
+    if dtype is not None and dtype not in (torch.bfloat16, torch.float16):
+        return {"attention": f"{dtype}: needs bf16 or fp16", "swiglu": f"{dtype}: needs bf16 or fp16"}
     for key, name, imp in (("attention", "fa4", _import_fa4), ("swiglu", "quack", _import_quack)):
         try:
             imp()
             out[key] = name
         except Exception as e:  # ImportError, or a broken install raising anything at import
             out[key] = f"unavailable ({type(e).__name__}: {str(e)[:120]})"
+    if head_dim is not None and (head_dim % 8 or not 8 <= head_dim <= 256) and out["attention"] == "fa4":
+        out["attention"] = f"head_dim {head_dim}: FlashAttention-4 takes multiples of 8 up to 256"
     return out
 
 
@@ -109,8 +115,8 @@ def fuse_ffn_weights(ff) -> None:
 def enable(model, attention: bool = True, swiglu: bool = True) -> dict[str, str]:
     """Swap in what is available for `model` (a built llm.model.Transformer on its device); returns
     {"attention": ..., "swiglu": ...}: the kernel used, or why not."""
-    dev = next(model.parameters()).device
-    st = status(dev)
+    p = next(model.parameters())
+    st = status(p.device, p.dtype, model.args.head_dim)
     use_attn = attention and st["attention"] == "fa4"
     use_ffn = swiglu and st["swiglu"] == "quack"
     for layer in model.layers:

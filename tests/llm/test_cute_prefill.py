@@ -79,6 +79,26 @@ def test_cpu_engine_falls_back_and_says_why(checkpoints):
     assert eng.generate_ids(ids, sp) == base.generate_ids(ids, sp)
 
 
+def test_status_names_what_rules_the_kernels_out(monkeypatch):
+    """On an sm90 device the dtype and the head size are checked before the packages are imported."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev=None: (8, 0))
+    assert cp.status("cuda")["attention"] == "sm8x: needs sm90+"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev=None: (9, 0))
+    assert cp.status("cuda", torch.float32) == {"attention": "torch.float32: needs bf16 or fp16",
+                                                  "swiglu": "torch.float32: needs bf16 or fp16"}
+    monkeypatch.setattr(cp, "_import_fa4", lambda: None)
+    monkeypatch.setattr(cp, "_import_quack", lambda: None)
+    assert cp.status("cuda", torch.bfloat16, 64) == {"attention": "fa4", "swiglu": "quack"}
+    assert cp.status("cuda", torch.bfloat16, 20)["attention"].startswith("head_dim 20")
+
+    def missing():
+        raise ImportError("No module named 'flash_attn'")
+
+    monkeypatch.setattr(cp, "_import_fa4", missing)
+    assert cp.status("cuda", torch.bfloat16, 64)["attention"].startswith("unavailable (ImportError")
+
+
 def _cuda_kernels_ready() -> bool:
     return torch.cuda.is_available() and cp.status("cuda") == {"attention": "fa4", "swiglu": "quack"}
 
