@@ -41,25 +41,31 @@ def timed(fn, reps: int) -> list[float]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", type=int, default=8192)
-    ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--modes", nargs="+", default=["default", "max-autotune-no-cudagraphs"])
-    a = ap.parse_args()
+def random_1b(tokens: int):
+    """The random-weight Llama-3.2-1B-shaped model (bf16, CUDA, saved and loaded through an HF folder) with a
+    cache for `tokens`, and one prompt of that length: (model, tokens [1, L], positions [1, L])."""
     import transformers
 
-    out_dir = Path(os.environ.get("OUT", "."))
     root = Path(tempfile.mkdtemp())
     with torch.device("cuda"):
         hf = transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(**SHAPE), dtype=torch.bfloat16)
     hf.save_pretrained(root / "m")
     del hf
     model, _ = load_model(root / "m", "cuda")
-    model.setup_caches(1, a.tokens + 64)
+    model.setup_caches(1, tokens + 64)
     g = torch.Generator(device="cuda").manual_seed(0)
-    tok = torch.randint(0, SHAPE["vocab_size"], (1, a.tokens), device="cuda", generator=g)
-    pos = torch.arange(a.tokens, device="cuda")[None]
+    tok = torch.randint(0, SHAPE["vocab_size"], (1, tokens), device="cuda", generator=g)
+    return model, tok, torch.arange(tokens, device="cuda")[None]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=8192)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--modes", nargs="+", default=["default", "max-autotune-no-cudagraphs"])
+    a = ap.parse_args()
+    out_dir = Path(os.environ.get("OUT", "."))
+    model, tok, pos = random_1b(a.tokens)
     res = {"tokens": a.tokens, "device": torch.cuda.get_device_name(), "torch": torch.__version__, "modes": {}}
 
     def run(fn):

@@ -13,32 +13,16 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "bench")]
-from llm_engine import SHAPES  # noqa: E402
+sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
+from prefill_autotune import random_1b, timed  # noqa: E402  (same model, same timing)
 
 from llm.kernels import cute_prefill as cp  # noqa: E402
-from llm.loader import load_model  # noqa: E402
-
-SHAPE = {k: v for k, v in SHAPES["random-1b"].items() if k != "arch"}
-
-
-def timed(fn, reps: int) -> list[float]:
-    out = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b))
-    return out
 
 
 def rel(a, b) -> float:
@@ -69,8 +53,6 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--reps", type=int, default=10)
     a = ap.parse_args()
-    import transformers
-
     out_dir = Path(os.environ.get("OUT", "."))
     res = {"tokens": a.tokens, "device": torch.cuda.get_device_name(), "torch": torch.__version__}
     res["status"] = cp.status("cuda")
@@ -78,16 +60,7 @@ def main() -> None:
     res["ops"] = op_checks()
     for r in res["ops"]:
         print(json.dumps(r), flush=True)
-    root = Path(tempfile.mkdtemp())
-    with torch.device("cuda"):
-        hf = transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(**SHAPE), dtype=torch.bfloat16)
-    hf.save_pretrained(root / "m")
-    del hf
-    model, _ = load_model(root / "m", "cuda")
-    model.setup_caches(1, a.tokens + 64)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    tok = torch.randint(0, SHAPE["vocab_size"], (1, a.tokens), device="cuda", generator=g)
-    pos = torch.arange(a.tokens, device="cuda")[None]
+    model, tok, pos = random_1b(a.tokens)
     cp.enable(model)
     fns = [(lay.attention, lay.feed_forward) for lay in model.layers]
 
