@@ -227,15 +227,14 @@ class Attention(nn.Module):
             # whole prompts from position 0: plain causal attention (flash on CUDA), cache written after
             if self.kv_cache is not None:
                 self.kv_cache.update(input_pos, slots, k, v)
-            keys, values = k.transpose(1, 2), v.transpose(1, 2)  # [B, Hk, S, D]
-            if hq != hk and not self.prefill_native_gqa:  # SDPA's flash and cuDNN kernels take GQA as is
-                keys_r = keys.repeat_interleave(hq // hk, dim=1)
-                values = values.repeat_interleave(hq // hk, dim=1)
-            else:
-                keys_r = keys
+            keys = k.transpose(1, 2)  # [B, Hk, S, D]
             if self.prefill_attention is not None and S > 1:
                 y = self.prefill_attention(q, k, v, scale).transpose(1, 2)  # [B, H, S, D] view
             else:
+                keys_r, values = keys, v.transpose(1, 2)
+                if hq != hk and not self.prefill_native_gqa:  # SDPA's flash and cuDNN kernels take GQA as is
+                    keys_r = keys.repeat_interleave(hq // hk, dim=1)
+                    values = values.repeat_interleave(hq // hk, dim=1)
                 y = F.scaled_dot_product_attention(q.transpose(1, 2), keys_r, values, is_causal=S > 1, scale=scale,
                                                    enable_gqa=hq != keys_r.shape[1])
         else:
