@@ -14,25 +14,25 @@ import argparse
 import json
 import os
 import statistics
+import sys
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from llm.kernels import cute_prefill as cp  # noqa: E402
 
 
 def sdpa(q, k, v, backend):
-    # q/k/v [B, S, H, D] -> [B, S, H, D], the engine's layout (transposed views into SDPA)
+    # q/k/v [B, S, H, D] -> [B, S, H, D], the engine's layout: its reference path, one SDPA backend forced
     with sdpa_kernel([backend]):
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
-                                           enable_gqa=q.shape[2] != k.shape[2])
-    return y.transpose(1, 2)
+        return cp.attention_ref(q, k, v, q.shape[-1] ** -0.5)
 
 
 def fa4(q, k, v):
-    from flash_attn.cute import flash_attn_func
-
-    out = flash_attn_func(q, k, v, causal=True)
-    return out[0] if isinstance(out, tuple) else out
+    # the op the engine calls (llm/kernels/cute_prefill.py)
+    return cp.fa4_causal_attention(q, k, v, q.shape[-1] ** -0.5)
 
 
 def reference(q, k, v, rows: int):
@@ -71,12 +71,11 @@ def main() -> None:
     a = ap.parse_args()
     kernels = {"sdpa_cudnn": lambda q, k, v: sdpa(q, k, v, SDPBackend.CUDNN_ATTENTION),
                "sdpa_flash": lambda q, k, v: sdpa(q, k, v, SDPBackend.FLASH_ATTENTION)}
-    try:
-        import flash_attn.cute  # noqa: F401
-
+    st = cp.status("cuda")
+    if st["attention"] == "fa4":
         kernels["fa4"] = fa4
-    except ImportError as e:
-        print("no FlashAttention-4:", e)
+    else:
+        print("no FlashAttention-4:", st["attention"])
     rows = []
     for spec in a.shapes:
         b, s, hq, hk, d = (int(x) for x in spec.split(","))

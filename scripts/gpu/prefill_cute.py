@@ -11,16 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
-from prefill_autotune import random_1b, timed  # noqa: E402  (same model, same timing)
+from prefill_autotune import measure, random_1b  # noqa: E402  (same model, same measurement)
 
 from llm.kernels import cute_prefill as cp  # noqa: E402
 
@@ -85,20 +83,8 @@ def main() -> None:
             name += "_tuned" if ffn == "tuned" else ""
             setv(attn, ffn)
             torch._dynamo.reset()
-            t0 = time.perf_counter()
-            fn = torch.compile(model, dynamic=False) if compiled else model
-            try:
-                y = run(fn).float()
-                for _ in range(2):
-                    run(fn)
-                ms = timed(lambda f=fn: run(f), a.reps)
-            except Exception as e:  # report, go on
-                res["variants"][name] = {"error": f"{type(e).__name__}: {e}"[:600]}
-                print(name, res["variants"][name], flush=True)
-                continue
-            res["variants"][name] = {"ms": statistics.median(ms), "min_ms": min(ms), "warm_s": round(time.perf_counter() - t0, 1),
-                                     "rel_err_vs_eager": rel(y, ref),
-                                     "argmax_equal": bool((y.argmax(-1) == ref.argmax(-1)).all())}
+            res["variants"][name] = measure(run, torch.compile(model, dynamic=False) if compiled else model, ref,
+                                            a.reps)
             print(name, res["variants"][name], flush=True)
             (out_dir / "prefill_cute.json").write_text(json.dumps(res, indent=1))
     (out_dir / "prefill_cute.json").write_text(json.dumps(res, indent=1))
