@@ -123,8 +123,8 @@ def enable(model, attention: bool = True, swiglu: bool = True) -> dict[str, str]
         if use_attn:
             layer.attention.prefill_attention = fa4_causal_attention
         ff = layer.feed_forward
-        if use_ffn and hasattr(ff, "w13_fused") and ff.w1.bias is None:
-            if getattr(ff, "w13", None) is None:
+        if use_ffn and hasattr(ff, "w13_fused") and ff.w1.bias is None:  # dense SwiGLU layers (not MoE)
+            if ff.w13 is None:
                 fuse_ffn_weights(ff)
             ff.w13_fused = swiglu_gemm
     if not attention:
