@@ -29,7 +29,7 @@ torch.cuda.synchronize()
 print("driver done")
 PY
 SECTIONS="--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy --section WarpStateStats --section InstructionStats --section LaunchStats"
-timeout 300 ncu $SECTIONS --kernel-name regex:"_quantize_pack_kernel|_dequant_sum" --launch-skip 6 --launch-count 3 \
+timeout 300 ncu --clock-control none $SECTIONS --kernel-name regex:"_quantize_pack_kernel|_dequant_sum" --launch-skip 6 --launch-count 3 \
   python3 /tmp/quant_ncu_driver.py > "$D/ncu.txt" 2>&1
 echo "rc=$?"
 grep -E "_quantize_pack_kernel|_dequant_sum|Duration|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per|Executed Ipc|Issue Slots Busy|Theoretical Occupancy|Block Limit" "$D/ncu.txt" | head -60
