@@ -135,6 +135,9 @@ def main() -> None:
     ap = tp_parser(__doc__, "docs/tp_comm.png")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--max-mb", type=float, default=128)
+    ap.add_argument("--min-mb", type=float, default=0, help="smallest message (default 8 KB)")
+    ap.add_argument("--tile", default="", help="block_r,block_g,num_warps of the kernels (0: library default)")
+    ap.add_argument("--persist", type=int, default=0, help="> 0: persistent kernels, programs per SM (quantize_pack)")
     ap.add_argument("--graph", type=int, default=0,
                     help="K > 0: also time K calls of each path captured in one CUDA graph (CUDA only)")
     args = ap.parse_args()
@@ -149,19 +152,21 @@ def main() -> None:
     iters, warmup = (3, 1) if smoke else (args.iters, 5)
     max_bytes = (256 << 10) if smoke else int(args.max_mb * (1 << 20))
     sizes = []
-    b = 8 << 10
+    b = max(8 << 10, int(args.min_mb * (1 << 20)))
     while b <= max_bytes:
         sizes.append(b)
         b *= 2
     cal = fake_calibration(w)
-    # the kernels' tiles and warps: the library defaults (bench/tp_kernels.py sweeps them on one GPU)
+    # the kernels' tiles and warps: the library defaults (bench/tp_kernels.py sweeps them on one GPU) or --tile
+    br, bg, nw = (int(v) for v in args.tile.split(",")) if args.tile else (0, 0, 0)
+    kern = dict(block_r=br or None, block_g=bg or None, num_warps=nw or qp.NUM_WARPS, persist=args.persist)
     quants = {
-        "one_shot": QuantAllReduce(QuantCommConfig(min_bytes=0, transport="nccl"), cal),
-        "pipelined": QuantAllReduce(QuantCommConfig(min_bytes=0, chunks=4), cal),
-        "two_shot": QuantAllReduce(QuantCommConfig(min_bytes=0, mode="two_shot"), cal),
+        "one_shot": QuantAllReduce(QuantCommConfig(min_bytes=0, transport="nccl", **kern), cal),
+        "pipelined": QuantAllReduce(QuantCommConfig(min_bytes=0, chunks=4, **kern), cal),
+        "two_shot": QuantAllReduce(QuantCommConfig(min_bytes=0, mode="two_shot", **kern), cal),
     }
     if p2p.available(None, dev):  # one-shot with the quantize kernel pushing into mapped peer buffers
-        quants["p2p"] = QuantAllReduce(QuantCommConfig(min_bytes=0, transport="p2p"), cal)
+        quants["p2p"] = QuantAllReduce(QuantCommConfig(min_bytes=0, transport="p2p", **kern), cal)
 
     def call(q, x):
         q(x, "bench")
@@ -224,6 +229,7 @@ def main() -> None:
     res = {"tag": args.tag, "world_size": w, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda"
            else "cpu", "torch": torch.__version__, "hidden": H, "group_size": 128,
            "tile": [quants["one_shot"].cfg.block_r, quants["one_shot"].cfg.block_g, quants["one_shot"].cfg.num_warps],
+           "persist": args.persist,
            "bits_per_value": quants["one_shot"].bits_per_value(H),
            "nccl_p2p_disable": os.environ.get("NCCL_P2P_DISABLE", ""), "gate_min_bytes": gate,
            "paths": sorted(quants),

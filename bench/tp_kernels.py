@@ -41,7 +41,7 @@ if qp.triton is not None:
     def _pair_copy_kernel(x_ptr, o_ptr, N, PB, NG, stride, stride_w, GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
                           BLOCK_G: tl.constexpr):
         # the kernels' tiling and paired loads / stores, nothing else: their bandwidth ceiling
-        r, g, j, ok, m0, m1 = qp.tile(N, PB, PB, NG, GROUP, BLOCK_R, BLOCK_G, True)
+        r, g, j, ok, m0, m1 = qp.tile(tl.program_id(0), N, PB, PB, NG, GROUP, BLOCK_R, BLOCK_G, True)
         r64 = r.to(tl.int64)[:, None]
         a, b = qp.load_pairs(x_ptr, r64 * stride, r64 * stride_w, j, m0, m1, True)
         qp.store_pairs(o_ptr, r64 * stride, r64 * stride_w, j, a, b, m0, m1, True, qp.INTERPRET)
@@ -117,39 +117,42 @@ def setup(nbytes: int, dev: torch.device):
     return n, x, idx, keep, lay, bufs, err, out
 
 
+def tile_kw(c: tuple) -> dict:
+    """The kernels' tile options of one config (block_r, block_g, warps[, persistent programs per SM])."""
+    return dict(block_r=c[0], block_g=c[1], num_warps=c[2], persist=c[3] if len(c) > 3 else 0)
+
+
 def kernels(dev: torch.device, nbytes: int, cfg: dict, variants: bool = False) -> dict:
-    """name -> (callable, bytes it must move) for one message size; cfg: kernel -> (block_r, block_g, warps)."""
+    """name -> (callable, bytes it must move) for one message size; cfg: kernel -> (block_r, block_g, warps,
+    persist)."""
     n, x, idx, keep, lay, bufs, err, out = setup(nbytes, dev)
     payload = lay.total
     if dev.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter: smoke tests
 
         def q(c, **kw):
-            return lambda: qp.quantize_pack(x, idx, keep, G, out=bufs[0], block_r=c[0], block_g=c[1],
-                                            num_warps=c[2], **kw)
+            return lambda: qp.quantize_pack(x, idx, keep, G, out=bufs[0], **tile_kw(c), **kw)
 
         cq, ce, cd = cfg["quantize"], cfg["quantize_ef"], cfg["dequant_sum"]
         q(cq)()
-        qp.quantize_pack(x, idx, keep, G, out=bufs[1], block_r=cq[0], block_g=cq[1], num_warps=cq[2])
+        qp.quantize_pack(x, idx, keep, G, out=bufs[1], **tile_kw(cq))
         if variants:  # what the kernels' time is made of: a copy with the same tiling, no outliers, division
             none = idx[:0]
             b0 = torch.empty(qp.layout(n, H, G, 0).total, dtype=torch.uint8, device=dev)
             return {
                 "pair_copy": (lambda: _pair_copy(x, out, cq), 4 * x.numel()),
-                "quantize_no_outliers": (lambda: qp.quantize_pack(x, none, keep, G, out=b0, block_r=cq[0],
-                                                                  block_g=cq[1], num_warps=cq[2]),
+                "quantize_no_outliers": (lambda: qp.quantize_pack(x, none, keep, G, out=b0, **tile_kw(cq)),
                                          2 * x.numel() + payload),
                 "quantize_exact_div": (q(cq, exact_div=True), 2 * x.numel() + payload),
             }
 
         def local():  # the kernels of one one-shot all-reduce of 2 ranks, the sum written in place
-            qp.quantize_pack(x, idx, keep, G, out=bufs[0], err=err, block_r=ce[0], block_g=ce[1], num_warps=ce[2])
-            ds.dequant_sum(bufs, lay, idx, out=x, block_r=cd[0], block_g=cd[1], num_warps=cd[2])
+            qp.quantize_pack(x, idx, keep, G, out=bufs[0], err=err, **tile_kw(ce))
+            ds.dequant_sum(bufs, lay, idx, out=x, **tile_kw(cd))
 
         return {
             "quantize": (q(cq), 2 * x.numel() + payload),
             "quantize_ef": (q(ce, err=err), 6 * x.numel() + payload),
-            "dequant_sum": (lambda: ds.dequant_sum(bufs, lay, idx, out=out, block_r=cd[0], block_g=cd[1],
-                                                   num_warps=cd[2]), W * payload + 2 * x.numel()),
+            "dequant_sum": (lambda: ds.dequant_sum(bufs, lay, idx, out=out, **tile_kw(cd)), W * payload + 2 * x.numel()),
             "local": (local, 6 * x.numel() + payload + W * payload + 2 * x.numel()),
         }
     if variants:
@@ -161,9 +164,12 @@ def kernels(dev: torch.device, nbytes: int, cfg: dict, variants: bool = False) -
             "dequant_sum": (lambda: ds.dequant_sum_ref(bufs, lay, il, torch.bfloat16), W * payload + 2 * x.numel())}
 
 
-# (block_r, block_g, num_warps); block_g 32 = whole rows of 4096 channels
-CONFIGS = [(1, 32, 4), (1, 32, 8), (2, 32, 4), (2, 32, 8), (4, 32, 8), (1, 16, 2), (1, 16, 4), (2, 16, 4),
-           (1, 8, 2), (4, 8, 4), (8, 4, 4), (4, 4, 2)]
+# (block_r, block_g, num_warps, persist); block_g 32 = whole rows of 4096 channels; persist > 0: a persistent
+# grid of that many programs per SM, each prefetching its next row block
+CONFIGS = [(1, 32, 4, 0), (1, 32, 8, 0), (2, 32, 4, 0), (2, 32, 8, 0), (4, 32, 8, 0), (1, 16, 2, 0), (1, 16, 4, 0),
+           (2, 16, 4, 0), (1, 8, 2, 0), (4, 8, 4, 0), (8, 4, 4, 0), (4, 4, 2, 0),
+           (1, 32, 4, 2), (1, 32, 4, 4), (1, 32, 4, 6), (1, 32, 8, 2), (1, 32, 8, 3), (1, 16, 4, 4), (1, 16, 4, 8),
+           (1, 16, 2, 8), (4, 8, 4, 4)]
 NAMES = ("quantize", "quantize_ef", "dequant_sum")
 
 
@@ -246,12 +252,12 @@ def main() -> None:
         res["copy_gbps"] = 2 * big.numel() * 2 / gpu_time(lambda: dst.copy_(big), 5, iters) / 1e9
         del big, dst
         print(f"torch copy: {res['copy_gbps']:.0f} GB/s (read + write)", flush=True)
-    default = (None, None, qp.NUM_WARPS)
+    default = (None, None, qp.NUM_WARPS, qp.PERSIST)
     best = {k: default for k in NAMES}
     if cuda and not smoke and not a.no_sweep:
         sweep = []
         for c in CONFIGS:
-            row = {"block_r": c[0], "block_g": c[1], "warps": c[2]}
+            row = {"block_r": c[0], "block_g": c[1], "warps": c[2], "persist": c[3]}
             for nbytes in (32 << 20, 128 << 20):
                 todo = kernels(dev, nbytes, dict.fromkeys(NAMES, c))
                 for name in NAMES:
@@ -260,7 +266,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
         res["sweep"] = sweep
         for name in NAMES:
-            score = {(r["block_r"], r["block_g"], r["warps"]): r[f"{name}_32mb_us"] + r[f"{name}_128mb_us"] / 4
+            score = {(r["block_r"], r["block_g"], r["warps"], r["persist"]): r[f"{name}_32mb_us"]
+                     + r[f"{name}_128mb_us"] / 4
                      for r in sweep}
             best[name] = min(score, key=score.get)
         _save(a.out, res)

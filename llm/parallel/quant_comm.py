@@ -89,6 +89,7 @@ class QuantCommConfig:
     block_g: int | None = None     # Triton tile (groups x rows per program) and warps; None: whole rows,
     block_r: int | None = None     # qp.TILE_GROUPS groups per program (fastest on an H100: bench/tp_kernels.py)
     num_warps: int = qp.NUM_WARPS
+    persist: int = qp.PERSIST      # > 0: persistent kernels, this many programs per SM (quantize_pack)
     error_feedback: bool = True    # carry each rank's quantization error to the next site (module doc)
     chunks: int = 1                # one-shot pipeline: quantize / all-gather / dequant of row chunks overlap
     chunk_min_bytes: int = 16 << 20  # fewer chunks than `chunks` when they would be smaller than this
@@ -276,7 +277,7 @@ class QuantAllReduce:
         if self._triton(x2):
             return qp.quantize_pack(x2, s.idx, s.keep, self.cfg.group_size, out=out, block_g=self.cfg.block_g,
                                     err=err, err_in=err_in, num_warps=self.cfg.num_warps, block_r=self.cfg.block_r,
-                                    peers=peers)
+                                    peers=peers, persist=self.cfg.persist)
         return qp.quantize_pack_ref(x2, s.idx_long, self.cfg.group_size, out=out, err=err, err_in=err_in)
 
     def dequant_sum(self, bufs: torch.Tensor, lay: qp.Layout, s: _Site, dtype: torch.dtype,
@@ -284,7 +285,7 @@ class QuantAllReduce:
         """Sum of the W messages in bufs [W, lay.total], as [N, H] of dtype (into out if given)."""
         if self._triton(bufs):
             return ds.dequant_sum(bufs, lay, s.idx, s.keep, out_dtype=dtype, out=out, block_g=self.cfg.block_g,
-                                  num_warps=self.cfg.num_warps, block_r=self.cfg.block_r)
+                                  num_warps=self.cfg.num_warps, block_r=self.cfg.block_r, persist=self.cfg.persist)
         res = ds.dequant_sum_ref(bufs, lay, s.idx_long, out_dtype=dtype)
         if out is not None:
             out.copy_(res)
