@@ -136,8 +136,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--max-mb", type=float, default=128)
     ap.add_argument("--min-mb", type=float, default=0, help="smallest message (default 8 KB)")
-    ap.add_argument("--tile", default="", help="block_r,block_g,num_warps of the kernels (0: library default)")
-    ap.add_argument("--persist", type=int, default=0, help="> 0: persistent kernels, programs per SM (quantize_pack)")
+    ap.add_argument("--tile", default="", help="block_r,block_g,num_warps of the quantize kernel (0: its default)")
+    ap.add_argument("--dq-tile", default="", help="block_r,block_g,num_warps of dequant+sum (0: its default)")
     ap.add_argument("--graph", type=int, default=0,
                     help="K > 0: also time K calls of each path captured in one CUDA graph (CUDA only)")
     args = ap.parse_args()
@@ -158,8 +158,8 @@ def main() -> None:
         b *= 2
     cal = fake_calibration(w)
     # the kernels' tiles and warps: the library defaults (bench/tp_kernels.py sweeps them on one GPU) or --tile
-    br, bg, nw = (int(v) for v in args.tile.split(",")) if args.tile else (0, 0, 0)
-    kern = dict(block_r=br or None, block_g=bg or None, num_warps=nw or qp.NUM_WARPS, persist=args.persist)
+    kern = dict(quant_tile=tuple(int(v) or None for v in args.tile.split(",")) if args.tile else None,
+                dequant_tile=tuple(int(v) or None for v in args.dq_tile.split(",")) if args.dq_tile else None)
     quants = {
         "one_shot": QuantAllReduce(QuantCommConfig(min_bytes=0, transport="nccl", **kern), cal),
         "pipelined": QuantAllReduce(QuantCommConfig(min_bytes=0, chunks=4, **kern), cal),
@@ -228,8 +228,7 @@ def main() -> None:
             break
     res = {"tag": args.tag, "world_size": w, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda"
            else "cpu", "torch": torch.__version__, "hidden": H, "group_size": 128,
-           "tile": [quants["one_shot"].cfg.block_r, quants["one_shot"].cfg.block_g, quants["one_shot"].cfg.num_warps],
-           "persist": args.persist,
+           "quant_tile": quants["one_shot"].cfg.quant_tile, "dequant_tile": quants["one_shot"].cfg.dequant_tile,
            "bits_per_value": quants["one_shot"].bits_per_value(H),
            "nccl_p2p_disable": os.environ.get("NCCL_P2P_DISABLE", ""), "gate_min_bytes": gate,
            "paths": sorted(quants),

@@ -41,7 +41,7 @@ if qp.triton is not None:
     def _pair_copy_kernel(x_ptr, o_ptr, N, PB, NG, stride, stride_w, GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
                           BLOCK_G: tl.constexpr):
         # the kernels' tiling and paired loads / stores, nothing else: their bandwidth ceiling
-        r, g, j, ok, m0, m1 = qp.tile(tl.program_id(0), N, PB, PB, NG, GROUP, BLOCK_R, BLOCK_G, True)
+        r, g, j, ok, m0, m1 = qp.tile(N, PB, PB, NG, GROUP, BLOCK_R, BLOCK_G, True)
         r64 = r.to(tl.int64)[:, None]
         a, b = qp.load_pairs(x_ptr, r64 * stride, r64 * stride_w, j, m0, m1, True)
         qp.store_pairs(o_ptr, r64 * stride, r64 * stride_w, j, a, b, m0, m1, True, qp.INTERPRET)
@@ -118,13 +118,12 @@ def setup(nbytes: int, dev: torch.device):
 
 
 def tile_kw(c: tuple) -> dict:
-    """The kernels' tile options of one config (block_r, block_g, warps[, persistent programs per SM])."""
-    return dict(block_r=c[0], block_g=c[1], num_warps=c[2], persist=c[3] if len(c) > 3 else 0)
+    """The kernels' tile options of one config (block_r, block_g, warps)."""
+    return dict(block_r=c[0], block_g=c[1], num_warps=c[2])
 
 
 def kernels(dev: torch.device, nbytes: int, cfg: dict, variants: bool = False) -> dict:
-    """name -> (callable, bytes it must move) for one message size; cfg: kernel -> (block_r, block_g, warps,
-    persist)."""
+    """name -> (callable, bytes it must move) for one message size; cfg: kernel -> (block_r, block_g, warps)."""
     n, x, idx, keep, lay, bufs, err, out = setup(nbytes, dev)
     payload = lay.total
     if dev.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter: smoke tests
@@ -164,12 +163,9 @@ def kernels(dev: torch.device, nbytes: int, cfg: dict, variants: bool = False) -
             "dequant_sum": (lambda: ds.dequant_sum_ref(bufs, lay, il, torch.bfloat16), W * payload + 2 * x.numel())}
 
 
-# (block_r, block_g, num_warps, persist); block_g 32 = whole rows of 4096 channels; persist > 0: a persistent
-# grid of that many programs per SM, each prefetching its next row block
-CONFIGS = [(1, 32, 4, 0), (1, 32, 8, 0), (2, 32, 4, 0), (2, 32, 8, 0), (4, 32, 8, 0), (1, 16, 2, 0), (1, 16, 4, 0),
-           (2, 16, 4, 0), (1, 8, 2, 0), (4, 8, 4, 0), (8, 4, 4, 0), (4, 4, 2, 0),
-           (1, 32, 4, 2), (1, 32, 4, 4), (1, 32, 4, 6), (1, 32, 8, 2), (1, 32, 8, 3), (1, 16, 4, 4), (1, 16, 4, 8),
-           (1, 16, 2, 8), (4, 8, 4, 4)]
+# (block_r, block_g, num_warps); block_g 32 = whole rows of 4096 channels
+CONFIGS = [(1, 32, 4), (1, 32, 8), (2, 32, 4), (2, 32, 8), (4, 32, 8), (1, 16, 2), (1, 16, 4), (2, 16, 4),
+           (1, 8, 2), (4, 8, 4), (8, 4, 4), (4, 4, 2)]
 NAMES = ("quantize", "quantize_ef", "dequant_sum")
 
 
@@ -252,12 +248,12 @@ def main() -> None:
         res["copy_gbps"] = 2 * big.numel() * 2 / gpu_time(lambda: dst.copy_(big), 5, iters) / 1e9
         del big, dst
         print(f"torch copy: {res['copy_gbps']:.0f} GB/s (read + write)", flush=True)
-    default = (None, None, qp.NUM_WARPS, qp.PERSIST)
+    default = (None, None, qp.NUM_WARPS)
     best = {k: default for k in NAMES}
     if cuda and not smoke and not a.no_sweep:
         sweep = []
         for c in CONFIGS:
-            row = {"block_r": c[0], "block_g": c[1], "warps": c[2], "persist": c[3]}
+            row = {"block_r": c[0], "block_g": c[1], "warps": c[2]}
             for nbytes in (32 << 20, 128 << 20):
                 todo = kernels(dev, nbytes, dict.fromkeys(NAMES, c))
                 for name in NAMES:
@@ -266,8 +262,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
         res["sweep"] = sweep
         for name in NAMES:
-            score = {(r["block_r"], r["block_g"], r["warps"], r["persist"]): r[f"{name}_32mb_us"]
-                     + r[f"{name}_128mb_us"] / 4
+            score = {(r["block_r"], r["block_g"], r["warps"]): r[f"{name}_32mb_us"] + r[f"{name}_128mb_us"] / 4
                      for r in sweep}
             best[name] = min(score, key=score.get)
         _save(a.out, res)

@@ -11,23 +11,13 @@ from __future__ import annotations
 import torch
 
 from llm.kernels.launch import Launcher
-from llm.kernels.quantize_pack import (
-    INTERPRET,
-    NUM_WARPS,
-    PERSIST,
-    Layout,
-    block_k,
-    grid_rows,
-    pairable,
-    tile_shape,
-    views,
-)
+from llm.kernels.quantize_pack import INTERPRET, Layout, block_k, pairable, tile_shape, views
 
 try:
     import triton
     import triton.language as tl
 
-    from llm.kernels.quantize_pack import byte_offsets, outlier_columns, outlier_rows, store_pairs, tile
+    from llm.kernels.quantize_pack import byte_offsets, outlier_tile, store_pairs, tile
 except ImportError:  # CPU-only installs: the torch reference is the only path
     triton = None
     tl = None
@@ -56,6 +46,10 @@ def dequant_sum_ref(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor,
     return res.to(out_dtype)
 
 
+# groups per program and warps when the caller does not choose (bench/tp_kernels.py sweeps them)
+TILE_GROUPS = 32
+NUM_WARPS = 4
+
 if triton is not None:
 
     @triton.jit
@@ -63,71 +57,65 @@ if triton is not None:
                             stride_ow, W: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
                             BLOCK_K: tl.constexpr, PAIRED: tl.constexpr, EVEN: tl.constexpr,
                             HAS_OUTL: tl.constexpr, INTERP: tl.constexpr):
-        # Tiles of BLOCK_R rows x BLOCK_G groups of every rank's message, accumulated in fp32 and written
-        # once; program (p, c) takes column tile c and row blocks p, p + P, ... (P: one per block, or a
-        # persistent grid). Channels are held as pairs (2j, 2j+1):
-        # a byte's two nibbles stay in one lane. stride_o in elements, stride_ow in 32-bit words (PAIRED);
-        # OFF_S / OFF_O in bytes.
+        # One program: BLOCK_R rows x BLOCK_G groups of every rank's message, accumulated in fp32 and
+        # written once. Channels are held as pairs (2j, 2j+1): a byte's two nibbles stay in one lane.
+        # stride_o in elements, stride_ow in 32-bit words (PAIRED); OFF_S / OFF_O in bytes.
+        r, g, j, ok, m0, m1 = tile(N, PB, H2, NG, GROUP, BLOCK_R, BLOCK_G, EVEN)
+        r64 = r.to(tl.int64)
+        acc0 = tl.zeros(j.shape, dtype=tl.float32)
+        acc1 = tl.zeros(j.shape, dtype=tl.float32)
+        base = buf_ptr
+        for _ in tl.static_range(W):  # unrolled: every rank's loads in flight at once
+            b = tl.load(base + byte_offsets(r64[:, None] * PB + j), mask=m0, other=136).to(tl.int32)
+            sc = tl.load((base + OFF_S).to(tl.pointer_type(tl.float16), bitcast=True) + r64 * NG + g, mask=ok,
+                         other=0.0)
+            scf = sc.to(tl.float32)[:, None]
+            # (code - 8) * scale is exact in fp32: fused or not, one rounding per addition, in rank order
+            acc0 += ((b & 15) - 8).to(tl.float32) * scf
+            acc1 += ((b >> 4) - 8).to(tl.float32) * scf
+            base += RANK_BYTES  # a 64-bit pointer: no overflow past 2 GB of messages
+        # outlier channels carry code 8 (= 0.0) here and are overwritten below
+        store_pairs(out_ptr, r64[:, None] * stride_o, r64[:, None] * stride_ow, j, acc0, acc1, m0, m1, PAIRED,
+                    INTERP)
         if HAS_OUTL:
-            kk, idx, mk = outlier_columns(idx_ptr, K, GROUP, BLOCK_G, BLOCK_K)
-        for rb in tl.range(tl.program_id(0), tl.cdiv(N, BLOCK_R), tl.num_programs(0), num_stages=1):
-            r, g, j, ok, m0, m1 = tile(rb, N, PB, H2, NG, GROUP, BLOCK_R, BLOCK_G, EVEN)
-            r64 = r.to(tl.int64)
-            acc0 = tl.zeros(j.shape, dtype=tl.float32)
-            acc1 = tl.zeros(j.shape, dtype=tl.float32)
-            base = buf_ptr
-            for _ in tl.static_range(W):  # unrolled: every rank's loads in flight at once
-                b = tl.load(base + byte_offsets(r64[:, None] * PB + j), mask=m0, other=136).to(tl.int32)
-                sc = tl.load((base + OFF_S).to(tl.pointer_type(tl.float16), bitcast=True) + r64 * NG + g, mask=ok,
-                             other=0.0)
-                scf = sc.to(tl.float32)[:, None]
-                # (code - 8) * scale is exact in fp32: fused or not, one rounding per addition, in rank order
-                acc0 += ((b & 15) - 8).to(tl.float32) * scf
-                acc1 += ((b >> 4) - 8).to(tl.float32) * scf
-                base += RANK_BYTES  # a 64-bit pointer: no overflow past 2 GB of messages
-            # outlier channels carry code 8 (= 0.0) here and are overwritten below
-            store_pairs(out_ptr, r64[:, None] * stride_o, r64[:, None] * stride_ow, j, acc0, acc1, m0, m1, PAIRED,
-                        INTERP)
-            if HAS_OUTL:
-                # the outlier channels of this tile: the K bf16 slots summed over ranks as one
-                # [BLOCK_R, BLOCK_K] vector, scattered after every lane's store above (same words: barrier first)
-                mo, rk64 = outlier_rows(rb, N, mk, BLOCK_R)
-                a = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
-                ol = (buf_ptr + OFF_O).to(tl.pointer_type(tl.bfloat16), bitcast=True)
-                for _ in tl.static_range(W):
-                    a += tl.load(ol + rk64 * K + kk[None, :], mask=mo, other=0.0).to(tl.float32)
-                    ol += RANK_BYTES // 2
-                tl.debug_barrier()
-                tl.store(out_ptr + rk64 * stride_o + idx[None, :], a.to(out_ptr.dtype.element_ty), mask=mo)
+            # the outlier channels of this tile: the K bf16 slots summed over ranks as one [BLOCK_R, BLOCK_K]
+            # vector, scattered after every lane's store above (same words: barrier first)
+            kk, idx, mo, rk64 = outlier_tile(idx_ptr, N, K, GROUP, BLOCK_R, BLOCK_G, BLOCK_K)
+            a = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+            ol = (buf_ptr + OFF_O).to(tl.pointer_type(tl.bfloat16), bitcast=True)
+            for _ in tl.static_range(W):
+                a += tl.load(ol + rk64 * K + kk[None, :], mask=mo, other=0.0).to(tl.float32)
+                ol += RANK_BYTES // 2
+            tl.debug_barrier()
+            tl.store(out_ptr + rk64 * stride_o + idx[None, :], a.to(out_ptr.dtype.element_ty), mask=mo)
 
     _launch = Launcher(_dequant_sum_kernel)
 
 
 def dequant_sum(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor, keep: torch.Tensor | None = None,
                 out_dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None,
-                block_g: int | None = None, num_warps: int = NUM_WARPS, block_r: int | None = None,
-                persist: int = PERSIST) -> torch.Tensor:
+                block_g: int | None = None, num_warps: int | None = None, block_r: int | None = None) -> torch.Tensor:
     """Triton launcher, one kernel for groups and outlier channels: same result as `dequant_sum_ref`.
 
     bufs is [W, >= lay.total] uint8, rows contiguous, row stride a multiple of 16; outlier_idx int32,
-    sorted; keep is unused (the quantize side's signature); persist > 0: a persistent grid (`quantize_pack.grid_rows`). out ([N, H], unit stride along H) may be the tensor that was quantized: the sum
+    sorted; keep is unused (the quantize side's signature). out ([N, H], unit stride along H) may be the tensor that was quantized: the sum
     overwrites it in place. One launch, no allocation when `out` is given, no host sync.
     """
     if triton is None:
         raise RuntimeError("triton is not installed; use dequant_sum_ref")
     w = bufs.shape[0]
+    num_warps = num_warps or NUM_WARPS
     n, h, k = lay.rows, lay.hidden, lay.n_outliers
     if out is None:
         out = torch.empty(n, h, dtype=out_dtype, device=bufs.device)
     so = out.stride(0)
     key = (w, n, h, lay.group, k, so, out.dtype, block_g, block_r, num_warps, bufs.data_ptr() % 16,
-           out.data_ptr() % 16, bufs.stride(0), persist, bufs.device)
+           out.data_ptr() % 16, bufs.stride(0))
     plan = _plans.get(key)
     if plan is None:
-        br, bg = tile_shape(n, lay.n_groups, block_g, block_r)
+        br, bg = tile_shape(n, lay.n_groups, block_g, block_r, TILE_GROUPS)
         meta = (w, lay.group, br, bg, block_k(k), pairable(out), h % lay.group == 0, k > 0, INTERPRET)
-        cols = -(-lay.n_groups // bg)
-        plan = ((grid_rows(-(-n // br), cols, persist, bufs.device), cols, 1),
+        plan = ((-(-n // br), -(-lay.n_groups // bg), 1),
                 (bufs.stride(0), n, lay.packed_bytes, h // 2, lay.n_groups, k, lay.off_scales, lay.off_outliers, so,
                  so // 2) + meta)
         if len(_plans) > 1024:  # prefill lengths vary: keep the cache bounded

@@ -50,13 +50,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as Triton do
 # with an IEEE division per value (True: ~2x the instructions of the whole kernel); the reference and
 # the kernels agree bit for bit either way
 EXACT_DIV = False
-# groups of channels per program when the caller does not choose (bench/tp_kernels.py sweeps it)
+# groups of channels per program and warps when the caller does not choose (bench/tp_kernels.py sweeps them)
 TILE_GROUPS = 32
 NUM_WARPS = 4
-# PERSIST > 0: a persistent grid of PERSIST programs per multiprocessor, looping over row blocks with the
-# next block's loads in flight during this one's arithmetic (bf16 pairs); 0: one program per row block.
-# (Triton's own loop pipelining does not apply: the error stores need barriers, which it refuses)
-PERSIST = 0
 
 BITS = 4  # code width of the wire format (codes in [-7, 7])
 INV_QMAX = 2.0 ** (1 - BITS)  # scale = absmax / 8: a power of two, so exact in every implementation
@@ -215,80 +211,38 @@ if triton is not None:
         return offs // 4 * 4 + offs % 4
 
     @triton.jit
-    def tile_columns(PB, NG, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr, EVEN: tl.constexpr):
-        """The column part of this program's tiles, the same for every block of rows it handles: groups
-        g [M], pair index j [M, GROUP/2] (channels 2j, 2j+1) and the column mask of the pairs [M, GROUP/2],
-        M = BLOCK_R * BLOCK_G. EVEN (H a multiple of GROUP): no channel masks, so the masks are constant
-        along a group and loads and stores vectorize."""
+    def tile(N, PB, H2, NG, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
+             EVEN: tl.constexpr):
+        """This program's tile: BLOCK_R rows x BLOCK_G groups, flattened to [BLOCK_R * BLOCK_G, GROUP/2]
+        channel pairs (2j, 2j+1). Returns rows r [M], groups g [M], pair index j [M, GROUP/2], the
+        group mask [M] and the masks of channels 2j and 2j+1. EVEN (H a multiple of GROUP): no column
+        masks, so the masks are constant along a group and loads and stores vectorize."""
         HALF: tl.constexpr = GROUP // 2
         m = tl.arange(0, BLOCK_R * BLOCK_G)
+        r = tl.program_id(0) * BLOCK_R + m // BLOCK_G
         g = tl.program_id(1) * BLOCK_G + m % BLOCK_G
         j = g[:, None] * HALF + tl.arange(0, HALF)[None, :]
-        if EVEN:
-            mc = tl.broadcast_to((g < NG)[:, None], (BLOCK_R * BLOCK_G, HALF))
-        else:  # j < PB, not 2j < H: a comparison the compiler can prove constant over 16 pairs
-            mc = (g < NG)[:, None] & (j < PB)
-        return g, j, mc
-
-    @triton.jit
-    def tile(rb, N, PB, H2, NG, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
-             EVEN: tl.constexpr):
-        """Row block rb of this program's column tile: BLOCK_R rows x BLOCK_G groups, flattened to
-        [BLOCK_R * BLOCK_G, GROUP/2] channel pairs (2j, 2j+1). Returns rows r [M], groups g [M], pair
-        index j [M, GROUP/2], the group mask [M] and the masks of channels 2j and 2j+1."""
-        HALF: tl.constexpr = GROUP // 2
-        g, j, mc = tile_columns(PB, NG, GROUP, BLOCK_R, BLOCK_G, EVEN)
-        r = rb * BLOCK_R + tl.arange(0, BLOCK_R * BLOCK_G) // BLOCK_G
         ok = (r < N) & (g < NG)
         if EVEN:
             m0 = tl.broadcast_to(ok[:, None], (BLOCK_R * BLOCK_G, HALF))
             m1 = m0
-        else:
+        else:  # j < PB, not 2j < H: a comparison the compiler can prove constant over 16 pairs
             m0 = ok[:, None] & (j < PB)
             m1 = ok[:, None] & (j < H2)
         return r, g, j, ok, m0, m1
 
     @triton.jit
-    def outlier_columns(idx_ptr, K, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr):
-        """This program's calibrated outlier channels, one vector of the K slots: slot index kk [BLOCK_K],
-        channel idx [BLOCK_K] and whether the slot is one of this program's groups' channels."""
+    def outlier_tile(idx_ptr, N, K, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
+        """This program's calibrated outlier channels as one [BLOCK_R, BLOCK_K] tile of the K slots:
+        slot index kk [BLOCK_K], channel idx [BLOCK_K], the mask (row in range, channel inside this
+        program's groups) and the rows as int64 [BLOCK_R, 1]."""
+        rk = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         kk = tl.arange(0, BLOCK_K)
         idx = tl.load(idx_ptr + kk, mask=kk < K, other=-1)
         c_lo = tl.program_id(1) * BLOCK_G * GROUP
-        return kk, idx, (kk < K) & (idx >= c_lo) & (idx < c_lo + BLOCK_G * GROUP)
-
-    @triton.jit
-    def outlier_rows(rb, N, mk, BLOCK_R: tl.constexpr):
-        """The outlier slots of row block rb as a [BLOCK_R, BLOCK_K] tile: its mask and the rows as int64
-        [BLOCK_R, 1]."""
-        rk = rb * BLOCK_R + tl.arange(0, BLOCK_R)
-        return (rk < N)[:, None] & mk[None, :], rk.to(tl.int64)[:, None]
-
-    @triton.jit
-    def load_block(x_ptr, e_ptr, idx, mk, rb, N, PB, H2, NG, stride_x, stride_xw, stride_e, stride_ew,
-                   GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr, EVEN: tl.constexpr,
-                   ERR_IN: tl.constexpr, HAS_OUTL: tl.constexpr):
-        """Row block rb's raw loads of the paired path: x and err as 32-bit words of two bf16 channels
-        [M, GROUP/2], and x and err on the outlier slots [BLOCK_R, BLOCK_K] (bf16). Nothing here waits for
-        the loads: a caller that uses them one iteration later overlaps them with that iteration's work."""
-        r, g, j, ok, m0, m1 = tile(rb, N, PB, H2, NG, GROUP, BLOCK_R, BLOCK_G, EVEN)
-        r64 = r.to(tl.int64)[:, None]
-        xw = tl.load(x_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + r64 * stride_xw + j, mask=m0, other=0)
-        if ERR_IN:
-            ew = tl.load(e_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + r64 * stride_ew + j, mask=m0, other=0)
-        else:
-            ew = tl.zeros_like(xw)
-        mo, rk64 = outlier_rows(rb, N, mk, BLOCK_R)
-        if HAS_OUTL:
-            xo = tl.load(x_ptr + rk64 * stride_x + idx[None, :], mask=mo, other=0.0)
-            if ERR_IN:
-                eo = tl.load(e_ptr + rk64 * stride_e + idx[None, :], mask=mo, other=0.0)
-            else:
-                eo = tl.zeros_like(xo)
-        else:
-            xo = tl.zeros(mo.shape, dtype=x_ptr.dtype.element_ty)
-            eo = xo
-        return xw, ew, xo, eo
+        mo = (rk < N)[:, None] & ((kk < K) & (idx >= c_lo) & (idx < c_lo + BLOCK_G * GROUP))[None, :]
+        return kk, idx, mo, rk.to(tl.int64)[:, None]
 
     @triton.jit
     def _quantize_pack_kernel(x_ptr, e_ptr, keep_ptr, idx_ptr, buf_ptr, peer_ptr, N, PB, H2, NG, K, stride_x,
@@ -296,132 +250,108 @@ if triton is not None:
                               GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
                               BLOCK_K: tl.constexpr, PAIRED: tl.constexpr, EVEN: tl.constexpr,
                               ERR_IN: tl.constexpr, ERR_OUT: tl.constexpr, HAS_OUTL: tl.constexpr,
-                              EXACT_DIV: tl.constexpr, INTERP: tl.constexpr, N_PEERS: tl.constexpr,
-                              PREFETCH: tl.constexpr):
-        # Tiles of BLOCK_R rows x BLOCK_G groups: program (p, c) takes column tile c and the row blocks
-        # p, p + P, p + 2P, ... (P = programs along axis 0: one row block each, or a persistent grid; with
-        # PREFETCH, paired bf16 only, block i + P's loads are issued before block i's arithmetic). Strides: stride_* in elements, stride_*w in 32-bit words (PAIRED); OFF_S / OFF_O:
-        # byte offsets of the scales (fp16) and outliers (bf16) in buf.
+                              EXACT_DIV: tl.constexpr, INTERP: tl.constexpr, N_PEERS: tl.constexpr):
+        # One pass over BLOCK_R rows x BLOCK_G groups. Strides: stride_* in elements, stride_*w in 32-bit
+        # words (PAIRED); OFF_S / OFF_O: byte offsets of the scales (fp16) and outliers (bf16) in buf.
         # N_PEERS > 0: every store of the message is repeated at buf + peer_ptr[p] (int64 byte distances
         # to other ranks' copies of this slot, mapped peer memory): the kernel pushes the message itself.
         sc_ptr = (buf_ptr + OFF_S).to(tl.pointer_type(tl.float16), bitcast=True)
         ol_ptr = (buf_ptr + OFF_O).to(tl.pointer_type(tl.bfloat16), bitcast=True)
-        # what depends on the columns only, loaded once per program
-        g, j, mc = tile_columns(PB, NG, GROUP, BLOCK_R, BLOCK_G, EVEN)
         if HAS_OUTL:
-            kk, idx, mk = outlier_columns(idx_ptr, K, GROUP, BLOCK_G, BLOCK_K)
-            keep = tl.load(keep_ptr + j, mask=mc, other=0)
-        else:  # placeholders (no outlier slots)
-            kk = tl.arange(0, BLOCK_K)
-            idx = kk
-            mk = kk < 0
-        rb0 = tl.program_id(0)
-        step = tl.num_programs(0)
-        if PAIRED and PREFETCH:
-            xw_n, ew_n, xo_n, eo_n = load_block(x_ptr, e_ptr, idx, mk, rb0, N, PB, H2, NG, stride_x, stride_xw,
-                                                stride_e, stride_ew, GROUP, BLOCK_R, BLOCK_G, EVEN, ERR_IN, HAS_OUTL)
-        for rb in tl.range(rb0, tl.cdiv(N, BLOCK_R), step, num_stages=1):
-            if PAIRED:
-                if PREFETCH:  # this block's loads were issued one iteration ago; issue the next block's now
-                    xw, ew, xo, eo = xw_n, ew_n, xo_n, eo_n
-                    xw_n, ew_n, xo_n, eo_n = load_block(x_ptr, e_ptr, idx, mk, rb + step, N, PB, H2, NG, stride_x,
-                                                        stride_xw, stride_e, stride_ew, GROUP, BLOCK_R, BLOCK_G,
-                                                        EVEN, ERR_IN, HAS_OUTL)
-                else:
-                    xw, ew, xo, eo = load_block(x_ptr, e_ptr, idx, mk, rb, N, PB, H2, NG, stride_x, stride_xw,
-                                                stride_e, stride_ew, GROUP, BLOCK_R, BLOCK_G, EVEN, ERR_IN, HAS_OUTL)
+            # the calibrated outlier channels of this tile as one [BLOCK_R, BLOCK_K] gather of the K slots,
+            # stored contiguously; v stays in registers for the error written at the end
+            kk, idx, mo, rk64 = outlier_tile(idx_ptr, N, K, GROUP, BLOCK_R, BLOCK_G, BLOCK_K)
+            v = tl.load(x_ptr + rk64 * stride_x + idx[None, :], mask=mo, other=0.0).to(tl.float32)
+            if ERR_IN:
+                v -= tl.load(e_ptr + rk64 * stride_e + idx[None, :], mask=mo, other=0.0).to(tl.float32)
+            vb = v.to(tl.bfloat16)
+            tl.store(ol_ptr + rk64 * K + kk[None, :], vb, mask=mo)
+            for p in tl.static_range(N_PEERS):
+                dp = tl.multiple_of(tl.load(peer_ptr + p), 16)  # p2p.P2PWorkspace checks it
+                tl.store((buf_ptr + dp + OFF_O).to(tl.pointer_type(tl.bfloat16), bitcast=True) + rk64 * K
+                         + kk[None, :], vb, mask=mo)
+        r, g, j, ok, m0, m1 = tile(N, PB, H2, NG, GROUP, BLOCK_R, BLOCK_G, EVEN)
+        r64 = r.to(tl.int64)[:, None]
+        # i0, i1: channels 2j, 2j+1 of x - err with the outlier channels zeroed (they leave their group,
+        # code 0); x0, x1: the same where the error of an outlier lane is not needed (overwritten below)
+        if HAS_OUTL:
+            keep = tl.load(keep_ptr + j, mask=m0, other=0)
+        if PAIRED:  # an AND of the raw bf16 pair zeroes the outliers of x and err alike
+            xw = tl.load(x_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + r64 * stride_xw + j, mask=m0, other=0)
+            if ERR_IN:
+                ew = tl.load(e_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + r64 * stride_ew + j, mask=m0,
+                             other=0)
             if HAS_OUTL:
-                # the calibrated outlier channels of this tile as one [BLOCK_R, BLOCK_K] gather of the K
-                # slots, stored contiguously; v stays in registers for the error written at the end
-                mo, rk64 = outlier_rows(rb, N, mk, BLOCK_R)
-                if PAIRED:
-                    v = xo.to(tl.float32) - eo.to(tl.float32)
-                else:
-                    v = tl.load(x_ptr + rk64 * stride_x + idx[None, :], mask=mo, other=0.0).to(tl.float32)
-                    if ERR_IN:
-                        v -= tl.load(e_ptr + rk64 * stride_e + idx[None, :], mask=mo, other=0.0).to(tl.float32)
-                vb = v.to(tl.bfloat16)
-                tl.store(ol_ptr + rk64 * K + kk[None, :], vb, mask=mo)
-                for p in tl.static_range(N_PEERS):
-                    dp = tl.multiple_of(tl.load(peer_ptr + p), 16)  # p2p.P2PWorkspace checks it
-                    tl.store((buf_ptr + dp + OFF_O).to(tl.pointer_type(tl.bfloat16), bitcast=True) + rk64 * K
-                             + kk[None, :], vb, mask=mo)
-            r, g, j, ok, m0, m1 = tile(rb, N, PB, H2, NG, GROUP, BLOCK_R, BLOCK_G, EVEN)
-            r64 = r.to(tl.int64)[:, None]
-            # i0, i1: channels 2j, 2j+1 of x - err with the outlier channels zeroed (they leave their group,
-            # code 0); x0, x1: the same where the error of an outlier lane is not needed (overwritten below)
-            if PAIRED:  # an AND of the raw bf16 pair zeroes the outliers of x and err alike
-                if HAS_OUTL:
-                    xw = xw & keep
-                    if ERR_IN:
-                        ew = ew & keep
-                x0 = (xw << 16).to(tl.float32, bitcast=True)
-                x1 = (xw & -65536).to(tl.float32, bitcast=True)
+                xw = xw & keep
                 if ERR_IN:
-                    x0 -= (ew << 16).to(tl.float32, bitcast=True)
-                    x1 -= (ew & -65536).to(tl.float32, bitcast=True)
+                    ew = ew & keep
+            x0 = (xw << 16).to(tl.float32, bitcast=True)
+            x1 = (xw & -65536).to(tl.float32, bitcast=True)
+            if ERR_IN:
+                x0 -= (ew << 16).to(tl.float32, bitcast=True)
+                x1 -= (ew & -65536).to(tl.float32, bitcast=True)
+            i0 = x0
+            i1 = x1
+        else:
+            x0, x1 = load_pairs(x_ptr, r64 * stride_x, r64 * stride_xw, j, m0, m1, PAIRED)
+            if ERR_IN:
+                e0, e1 = load_pairs(e_ptr, r64 * stride_e, r64 * stride_ew, j, m0, m1, PAIRED)
+                x0 -= e0
+                x1 -= e1
+            if HAS_OUTL:
+                i0 = tl.where((keep & 65535) == 0, 0.0, x0)
+                i1 = tl.where((keep >> 16) == 0, 0.0, x1)
+            else:
                 i0 = x0
                 i1 = x1
-            else:
-                x0, x1 = load_pairs(x_ptr, r64 * stride_x, r64 * stride_xw, j, m0, m1, PAIRED)
-                if ERR_IN:
-                    e0, e1 = load_pairs(e_ptr, r64 * stride_e, r64 * stride_ew, j, m0, m1, PAIRED)
-                    x0 -= e0
-                    x1 -= e1
-                if HAS_OUTL:
-                    i0 = tl.where((keep & 65535) == 0, 0.0, x0)
-                    i1 = tl.where((keep >> 16) == 0, 0.0, x1)
-                else:
-                    i0 = x0
-                    i1 = x1
-            amax = tl.max(tl.maximum(tl.abs(i0), tl.abs(i1)), axis=1)
-            sc = tl.minimum(amax * INV_Q, 65504.0).to(tl.float16)
-            tl.store(sc_ptr + r.to(tl.int64) * NG + g, sc, mask=ok)
-            for p in tl.static_range(N_PEERS):
-                dp = tl.multiple_of(tl.load(peer_ptr + p), 16)  # p2p.P2PWorkspace checks it
-                tl.store((buf_ptr + dp + OFF_S).to(tl.pointer_type(tl.float16), bitcast=True) + r.to(tl.int64) * NG
-                         + g, sc, mask=ok)
-            scf = sc.to(tl.float32)
-            # a zero scale means |inliers| < 2^-22: x * 1 rounds to code 0 as the reference's where() does
-            safe = tl.where(scf > 0, scf, 1.0)
-            if EXACT_DIV:
-                q0 = tl.math.div_rn(i0, safe[:, None])
-                q1 = tl.math.div_rn(i1, safe[:, None])
-            else:
-                # one IEEE division per group, then a multiplication that must not fuse with the + 0.5 below
-                # into an FMA (one rounding instead of torch's two): mul_rn is never contracted
-                rcp = tl.math.div_rn(tl.full(safe.shape, 1.0, tl.float32), safe)[:, None]
-                if INTERP:
-                    q0 = i0 * rcp
-                    q1 = i1 * rcp
-                else:
-                    q0 = libdevice.mul_rn(i0, rcp)
-                    q1 = libdevice.mul_rn(i1, rcp)
+        amax = tl.max(tl.maximum(tl.abs(i0), tl.abs(i1)), axis=1)
+        sc = tl.minimum(amax * INV_Q, 65504.0).to(tl.float16)
+        tl.store(sc_ptr + r.to(tl.int64) * NG + g, sc, mask=ok)
+        for p in tl.static_range(N_PEERS):
+            dp = tl.multiple_of(tl.load(peer_ptr + p), 16)  # p2p.P2PWorkspace checks it
+            tl.store((buf_ptr + dp + OFF_S).to(tl.pointer_type(tl.float16), bitcast=True) + r.to(tl.int64) * NG + g,
+                     sc, mask=ok)
+        scf = sc.to(tl.float32)
+        # a zero scale means |inliers| < 2^-22: x * 1 rounds to code 0 as the reference's where() does
+        safe = tl.where(scf > 0, scf, 1.0)
+        if EXACT_DIV:
+            q0 = tl.math.div_rn(i0, safe[:, None])
+            q1 = tl.math.div_rn(i1, safe[:, None])
+        else:
+            # one IEEE division per group, then a multiplication that must not fuse with the + 0.5 below
+            # into an FMA (one rounding instead of torch's two): mul_rn is never contracted
+            rcp = tl.math.div_rn(tl.full(safe.shape, 1.0, tl.float32), safe)[:, None]
             if INTERP:
-                c0 = tl.floor(q0 + 0.5).to(tl.int32)
-                c1 = tl.floor(q1 + 0.5).to(tl.int32)
-            else:  # floor and convert in one instruction
-                c0 = libdevice.float2int_rd(q0 + 0.5)
-                c1 = libdevice.float2int_rd(q1 + 0.5)
-            c0 = tl.minimum(tl.maximum(c0, -7), 7)
-            c1 = tl.minimum(tl.maximum(c1, -7), 7)
-            # (c0 + 8) | (c1 + 8) << 4, in [17, 255]; 4 bytes per store and thread (byte_offsets)
-            codes = (c0 + c1 * 16 + 136).to(tl.uint8)
-            tl.store(buf_ptr + byte_offsets(r64 * PB + j), codes, mask=m0)
-            for p in tl.static_range(N_PEERS):
-                dp = tl.multiple_of(tl.load(peer_ptr + p), 16)  # p2p.P2PWorkspace checks it
-                tl.store(buf_ptr + dp + byte_offsets(r64 * PB + j), codes, mask=m0)
-            if ERR_OUT:
-                # the product of a code and an fp16 scale is exact in fp32: one rounding, as in the reference
-                d0 = tl.fma(c0.to(tl.float32), scf[:, None], -x0)
-                d1 = tl.fma(c1.to(tl.float32), scf[:, None], -x1)
-                if HAS_OUTL:  # other lanes' outlier pass above read the old error here
-                    tl.debug_barrier()
-                store_pairs(e_ptr, r64 * stride_e, r64 * stride_ew, j, d0, d1, m0, m1, PAIRED, INTERP)
-                if HAS_OUTL:  # outliers travel as bf16: their error is the bf16 rounding (same words as above)
-                    tl.debug_barrier()
-                    tl.store(e_ptr + rk64 * stride_e + idx[None, :],
-                             (vb.to(tl.float32) - v).to(e_ptr.dtype.element_ty), mask=mo)
+                q0 = i0 * rcp
+                q1 = i1 * rcp
+            else:
+                q0 = libdevice.mul_rn(i0, rcp)
+                q1 = libdevice.mul_rn(i1, rcp)
+        if INTERP:
+            c0 = tl.floor(q0 + 0.5).to(tl.int32)
+            c1 = tl.floor(q1 + 0.5).to(tl.int32)
+        else:  # floor and convert in one instruction
+            c0 = libdevice.float2int_rd(q0 + 0.5)
+            c1 = libdevice.float2int_rd(q1 + 0.5)
+        c0 = tl.minimum(tl.maximum(c0, -7), 7)
+        c1 = tl.minimum(tl.maximum(c1, -7), 7)
+        # (c0 + 8) | (c1 + 8) << 4, in [17, 255]; 4 bytes per store and thread (byte_offsets)
+        codes = (c0 + c1 * 16 + 136).to(tl.uint8)
+        tl.store(buf_ptr + byte_offsets(r64 * PB + j), codes, mask=m0)
+        for p in tl.static_range(N_PEERS):
+            dp = tl.multiple_of(tl.load(peer_ptr + p), 16)  # p2p.P2PWorkspace checks it
+            tl.store(buf_ptr + dp + byte_offsets(r64 * PB + j), codes, mask=m0)
+        if ERR_OUT:
+            # the product of a code and an fp16 scale is exact in fp32: one rounding, as in the reference
+            d0 = tl.fma(c0.to(tl.float32), scf[:, None], -x0)
+            d1 = tl.fma(c1.to(tl.float32), scf[:, None], -x1)
+            if HAS_OUTL:  # other lanes' outlier pass above read the old error here
+                tl.debug_barrier()
+            store_pairs(e_ptr, r64 * stride_e, r64 * stride_ew, j, d0, d1, m0, m1, PAIRED, INTERP)
+            if HAS_OUTL:  # outliers travel as bf16: their error is the bf16 rounding (same words as above)
+                tl.debug_barrier()
+                tl.store(e_ptr + rk64 * stride_e + idx[None, :], (vb.to(tl.float32) - v).to(e_ptr.dtype.element_ty),
+                         mask=mo)
 
     _launch = Launcher(_quantize_pack_kernel)
 
@@ -454,15 +384,12 @@ def block_k(k: int) -> int:
 
 def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, keep: torch.Tensor, group: int,
                   out: torch.Tensor | None = None, block_g: int | None = None, err: torch.Tensor | None = None,
-                  err_in: bool = True, num_warps: int = NUM_WARPS, exact_div: bool = EXACT_DIV,
-                  block_r: int | None = None, peers: torch.Tensor | None = None,
-                  persist: int = PERSIST) -> torch.Tensor:
+                  err_in: bool = True, num_warps: int | None = None, exact_div: bool = EXACT_DIV,
+                  block_r: int | None = None, peers: torch.Tensor | None = None) -> torch.Tensor:
     """Triton launcher: same result as `quantize_pack_ref` (x [N, H] row-major; outlier_idx int32 sorted;
     keep = keep_map(outlier_idx, H)). One launch, no allocation when `out` is given, no host sync.
 
-    block_r x block_g (rows x groups of `group` channels) is one program's tile (`tile_shape()`); persist > 0:
-    a persistent grid of that many programs per multiprocessor, each prefetching its next row block
-    (`PERSIST`, `grid_rows()`).
+    block_r x block_g (rows x groups of `group` channels) is one program's tile (`tile_shape()`).
     peers: int64 [P] on x's device (P <= 1), the byte distance from `out` to another copy of the message
     that the kernel writes as well (the other rank's buffer mapped into this process: `llm.parallel.p2p`).
     A multiple of 16 (`P2PWorkspace` checks it): the kernel tells the compiler so, which lets the peer copy
@@ -473,6 +400,7 @@ def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, keep: torch.Tensor
         raise RuntimeError("triton is not installed; use quantize_pack_ref")
     if x.stride(1) != 1:
         x = x.contiguous()
+    num_warps = num_warps or NUM_WARPS
     n, h = x.shape
     k = outlier_idx.numel()
     if out is None:
@@ -486,11 +414,11 @@ def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, keep: torch.Tensor
         raise ValueError(f"quantize_pack pushes to at most one peer, got {n_peers}")
     # everything the launch depends on besides the tensors' addresses (their alignment is in the key)
     key = (n, h, sx, se, x.dtype, e.dtype, k, group, err is not None, err_in, block_g, block_r, num_warps,
-           exact_div, x.data_ptr() % 16, e.data_ptr() % 16, out.data_ptr() % 16, n_peers, persist, x.device)
+           exact_div, x.data_ptr() % 16, e.data_ptr() % 16, out.data_ptr() % 16, n_peers)
     plan = _plans.get(key)
     if plan is None:
         plan = _plan(x, e, out, k, group, err is not None and err_in, err is not None, block_g, block_r, exact_div,
-                     n_peers, persist)
+                     n_peers)
         if len(_plans) > 1024:  # prefill lengths vary: keep the cache bounded
             _plans.clear()
         _plans[key] = plan
@@ -501,25 +429,7 @@ def quantize_pack(x: torch.Tensor, outlier_idx: torch.Tensor, keep: torch.Tensor
 _plans: dict[tuple, tuple] = {}
 
 
-def grid_rows(row_blocks: int, col_tiles: int, persist: int, device: torch.device) -> int:
-    """Programs along the rows: one per row block, or (persist > 0) a persistent grid of `persist` programs
-    per multiprocessor in all (never more than the row blocks; 2 on CPU, where the interpreter runs it)."""
-    if persist <= 0:
-        return row_blocks
-    if device.type == "cuda":
-        slots = persist * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    else:
-        slots = 2
-    return max(1, min(row_blocks, -(-slots // col_tiles)))
-
-
-@functools.lru_cache(maxsize=16)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _plan(x, e, out, k, group, err_in, err_out, block_g, block_r, exact_div, n_peers=0,
-          persist=PERSIST) -> tuple[tuple, tuple]:
+def _plan(x, e, out, k, group, err_in, err_out, block_g, block_r, exact_div, n_peers=0) -> tuple[tuple, tuple]:
     """(grid, the scalar and constexpr arguments) of one quantize launch."""
     if group & (group - 1):
         raise ValueError(f"the Triton kernels need a power-of-two group size, got {group}")
@@ -530,8 +440,7 @@ def _plan(x, e, out, k, group, err_in, err_out, block_g, block_r, exact_div, n_p
     br, bg = tile_shape(n, lay.n_groups, block_g, block_r)
     sx, se = x.stride(0), e.stride(0)
     meta = (group, br, bg, block_k(k), pairable(x, e), h % group == 0, err_in, err_out, k > 0, exact_div, INTERPRET,
-            n_peers, persist > 0)
-    cols = -(-lay.n_groups // bg)
-    return ((grid_rows(-(-n // br), cols, persist, x.device), cols, 1),
+            n_peers)
+    return ((-(-n // br), -(-lay.n_groups // bg), 1),
             (n, lay.packed_bytes, h // 2, lay.n_groups, k, sx, sx // 2, se, se // 2, lay.off_scales,
              lay.off_outliers, INV_QMAX) + meta)

@@ -86,10 +86,10 @@ class QuantCommConfig:
     mode: str = "one_shot"         # or "two_shot"
     min_bytes: int | None = None   # None: default_min_bytes() of the device (measured)
     use_triton: bool | None = None  # None: Triton kernels on CUDA, torch reference elsewhere
-    block_g: int | None = None     # Triton tile (groups x rows per program) and warps; None: whole rows,
-    block_r: int | None = None     # qp.TILE_GROUPS groups per program (fastest on an H100: bench/tp_kernels.py)
-    num_warps: int = qp.NUM_WARPS
-    persist: int = qp.PERSIST      # > 0: persistent kernels, this many programs per SM (quantize_pack)
+    # Triton tiles (block_r rows x block_g groups per program, num_warps) of the quantize and dequant+sum
+    # kernels; None (or None entries): each kernel's defaults (bench/tp_kernels.py sweeps them)
+    quant_tile: tuple[int | None, int | None, int | None] | None = None
+    dequant_tile: tuple[int | None, int | None, int | None] | None = None
     error_feedback: bool = True    # carry each rank's quantization error to the next site (module doc)
     chunks: int = 1                # one-shot pipeline: quantize / all-gather / dequant of row chunks overlap
     chunk_min_bytes: int = 16 << 20  # fewer chunks than `chunks` when they would be smaller than this
@@ -275,17 +275,18 @@ class QuantAllReduce:
         """One rank's message for x2 [N, H]; with err, error feedback (read unless not err_in, then written);
         with peers (Triton only), also written at those byte distances from out (the p2p transport)."""
         if self._triton(x2):
-            return qp.quantize_pack(x2, s.idx, s.keep, self.cfg.group_size, out=out, block_g=self.cfg.block_g,
-                                    err=err, err_in=err_in, num_warps=self.cfg.num_warps, block_r=self.cfg.block_r,
-                                    peers=peers, persist=self.cfg.persist)
+            br, bg, nw = self.cfg.quant_tile or (None, None, None)
+            return qp.quantize_pack(x2, s.idx, s.keep, self.cfg.group_size, out=out, block_g=bg, err=err,
+                                    err_in=err_in, num_warps=nw, block_r=br, peers=peers)
         return qp.quantize_pack_ref(x2, s.idx_long, self.cfg.group_size, out=out, err=err, err_in=err_in)
 
     def dequant_sum(self, bufs: torch.Tensor, lay: qp.Layout, s: _Site, dtype: torch.dtype,
                     out: torch.Tensor | None = None) -> torch.Tensor:
         """Sum of the W messages in bufs [W, lay.total], as [N, H] of dtype (into out if given)."""
         if self._triton(bufs):
-            return ds.dequant_sum(bufs, lay, s.idx, s.keep, out_dtype=dtype, out=out, block_g=self.cfg.block_g,
-                                  num_warps=self.cfg.num_warps, block_r=self.cfg.block_r, persist=self.cfg.persist)
+            br, bg, nw = self.cfg.dequant_tile or (None, None, None)
+            return ds.dequant_sum(bufs, lay, s.idx, s.keep, out_dtype=dtype, out=out, block_g=bg, num_warps=nw,
+                                  block_r=br)
         res = ds.dequant_sum_ref(bufs, lay, s.idx_long, out_dtype=dtype)
         if out is not None:
             out.copy_(res)

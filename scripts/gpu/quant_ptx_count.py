@@ -23,7 +23,7 @@ SIG = {"x_ptr": "*bf16", "e_ptr": "*bf16", "keep_ptr": "*i32", "idx_ptr": "*i32"
        "N": "i32", "PB": "i32", "H2": "i32", "NG": "i32", "K": "i32", "stride_x": "i32", "stride_xw": "i32",
        "stride_e": "i32", "stride_ew": "i32", "OFF_S": "i32", "OFF_O": "i32", "INV_Q": "fp32"}
 CONST = dict(GROUP=128, BLOCK_R=1, BLOCK_G=32, BLOCK_K=64, PAIRED=True, EVEN=True, ERR_IN=True, ERR_OUT=True,
-             HAS_OUTL=True, EXACT_DIV=False, INTERP=False, N_PEERS=1, PREFETCH=False)
+             HAS_OUTL=True, EXACT_DIV=False, INTERP=False, N_PEERS=1)
 # the launcher's specialization: pointers and these integers are multiples of 16 at this shape
 DIV16 = ("x_ptr", "e_ptr", "keep_ptr", "idx_ptr", "buf_ptr", "peer_ptr", "PB", "H2", "stride_x", "stride_xw",
          "stride_e", "stride_ew", "OFF_S", "OFF_O")

@@ -30,7 +30,7 @@ def _case(n, h, k, dtype, device, seed):
     return x.to(dtype).to(device), idx.to(torch.int32).to(device)
 
 
-def _check(qp, ds, n, h, group, k, dtype, device, seed, world=3, block_g=2, block_r=None, persist=0):
+def _check(qp, ds, n, h, group, k, dtype, device, seed, world=3, block_g=2, block_r=None):
     xs, bufs = [], []
     lay = qp.layout(n, h, group, k)
     for r in range(world):
@@ -41,7 +41,7 @@ def _check(qp, ds, n, h, group, k, dtype, device, seed, world=3, block_g=2, bloc
             x = (x.float() * torch.rand(n, 1, device=device) + r).to(dtype)
         xs.append(x)
         ref = qp.quantize_pack_ref(x, idx.long(), group)
-        got = qp.quantize_pack(x, idx, keep, group, block_g=block_g, block_r=block_r, persist=persist)
+        got = qp.quantize_pack(x, idx, keep, group, block_g=block_g, block_r=block_r)
         rp, rs, ro = qp.views(ref, lay)
         gp, gs, go = qp.views(got, lay)
         torch.testing.assert_close(gp, rp, rtol=0, atol=0)
@@ -52,8 +52,7 @@ def _check(qp, ds, n, h, group, k, dtype, device, seed, world=3, block_g=2, bloc
     stacked = torch.stack(bufs)
     ref_sum = ds.dequant_sum_ref(stacked, lay, idx.long())
     for out_dtype in (torch.float32, dtype):
-        got_sum = ds.dequant_sum(stacked, lay, idx, keep, out_dtype=out_dtype, block_g=block_g, block_r=block_r,
-                                 persist=persist)
+        got_sum = ds.dequant_sum(stacked, lay, idx, keep, out_dtype=out_dtype, block_g=block_g, block_r=block_r)
         # fused multiply-adds on the GPU may differ from the reference in the last bits, which can move
         # a bf16 output by one unit in the last place (up to 2^-7 relative)
         tol = 1e-5 if out_dtype == torch.float32 else 2 ** -7
@@ -63,7 +62,7 @@ def _check(qp, ds, n, h, group, k, dtype, device, seed, world=3, block_g=2, bloc
     padded = torch.zeros(world, lay.total + 48, dtype=torch.uint8, device=device)
     padded[:, : lay.total] = stacked
     got_sum = ds.dequant_sum(padded[:, : lay.total], lay, idx, keep, out_dtype=torch.float32, block_g=block_g,
-                             block_r=block_r, persist=persist)
+                             block_r=block_r)
     torch.testing.assert_close(got_sum, ref_sum, rtol=1e-5, atol=1e-5 * ref_sum.abs().max().item())
     exact = sum(x.float() for x in xs)
     # error bound per rank: the clipped top 1/8 of a group's range (> half a step of absmax / 8), and
@@ -73,7 +72,7 @@ def _check(qp, ds, n, h, group, k, dtype, device, seed, world=3, block_g=2, bloc
     assert err <= bound
 
 
-def _check_error_feedback(qp, n, h, group, k, dtype, device, seed, block_g=2, block_r=None, persist=0):
+def _check_error_feedback(qp, n, h, group, k, dtype, device, seed, block_g=2, block_r=None):
     """Two chained quantizations with an error buffer: the reference's codes, a self-consistent error."""
     x, idx = _case(n, h, k, dtype, device, seed)
     x2, _ = _case(n, h, k, dtype, device, seed + 1)
@@ -85,8 +84,7 @@ def _check_error_feedback(qp, n, h, group, k, dtype, device, seed, block_g=2, bl
         ref = qp.quantize_pack_ref(xx, idx.long(), group, err=e_ref, err_in=step > 0)
         if step:  # both quantize the same x - err
             e_got.copy_(e_in)
-        got = qp.quantize_pack(xx, idx, keep, group, block_g=block_g, block_r=block_r, err=e_got, err_in=step > 0,
-                               persist=persist)
+        got = qp.quantize_pack(xx, idx, keep, group, block_g=block_g, block_r=block_r, err=e_got, err_in=step > 0)
         (gp, gs, go), (rp, rs, ro) = qp.views(got, lay), qp.views(ref, lay)
         torch.testing.assert_close(gp, rp, rtol=0, atol=0)
         torch.testing.assert_close(gs, rs, rtol=0, atol=0)
@@ -98,7 +96,7 @@ def _check_error_feedback(qp, n, h, group, k, dtype, device, seed, block_g=2, bl
             torch.testing.assert_close(e.float(), want, rtol=2 ** -7, atol=1e-5 * target.abs().max().item())
 
 
-def _check_peers(qp, n, h, group, k, dtype, device, seed, n_peers=1, persist=0):
+def _check_peers(qp, n, h, group, k, dtype, device, seed, n_peers=1):
     """The pushing quantize (peers): the same message in `out` and, byte for byte, in every peer copy."""
     x, idx = _case(n, h, k, dtype, device, seed)
     keep = qp.keep_map(idx, h)
@@ -111,7 +109,7 @@ def _check_peers(qp, n, h, group, k, dtype, device, seed, n_peers=1, persist=0):
     copies = [b[16 * (i + 1): 16 * (i + 1) + lay.total] for i, b in enumerate(backing)]
     peers = torch.tensor([c.data_ptr() - out.data_ptr() for c in copies], dtype=torch.int64, device=device)
     err = torch.zeros_like(x)
-    qp.quantize_pack(x, idx, keep, group, out=out, err=err, err_in=True, peers=peers, persist=persist)
+    qp.quantize_pack(x, idx, keep, group, out=out, err=err, err_in=True, peers=peers)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     for i, (c, b) in enumerate(zip(copies, backing, strict=True)):
         torch.testing.assert_close(c, out, rtol=0, atol=0)
@@ -139,12 +137,6 @@ def _interpreted_cases() -> None:
     _check_error_feedback(qp, 11, 512, 128, 8, torch.bfloat16, "cpu", seed=8, block_g=None)
     _check_peers(qp, 11, 512, 128, 8, torch.bfloat16, "cpu", seed=9)
     _check_peers(qp, 5, 130, 16, 0, torch.float32, "cpu", seed=10)
-    # the persistent grid (2 programs on CPU) looping over row blocks: partial last block, K = 0, odd H
-    for n, h, group, k, br, bg in ((11, 512, 128, 8, None, None), (7, 130, 16, 0, 2, 4), (9, 781, 64, 12, 4, 2)):
-        _check(qp, ds, n, h, group, k, torch.bfloat16, "cpu", seed=n + 11, block_g=bg, block_r=br, persist=2)
-        _check_error_feedback(qp, n, h, group, k, torch.bfloat16, "cpu", seed=n + 12, block_g=bg, block_r=br,
-                              persist=2)
-    _check_peers(qp, 11, 512, 128, 8, torch.bfloat16, "cpu", seed=13, persist=2)
     print("interpreted kernels ok")
 
 
@@ -203,10 +195,8 @@ def test_kernels_match_reference_cuda(n, h, group, k):
 
     for dtype in (torch.float32, torch.bfloat16):
         # the default tile (whole rows of up to 32 groups), one group, a few groups of several rows
-        # and the persistent grid with prefetch on the default tile and on small tiles
-        for block_r, block_g, persist in ((None, None, 0), (1, 1, 0), (4, 8, 0), (None, None, 4), (2, 4, 2)):
-            _check(qp, ds, n, h, group, k, dtype, "cuda", seed=n + h, block_g=block_g, block_r=block_r, persist=persist)
-        for block_g, persist in ((None, 0), (4, 0), (None, 4)):
-            _check_error_feedback(qp, n, h, group, k, dtype, "cuda", seed=n * h, block_g=block_g, persist=persist)
-        for persist in (0, 4):
-            _check_peers(qp, n, h, group, k, dtype, "cuda", seed=n + 2 * h, persist=persist)
+        for block_r, block_g in ((None, None), (1, 1), (4, 8)):
+            _check(qp, ds, n, h, group, k, dtype, "cuda", seed=n + h, block_g=block_g, block_r=block_r)
+        for block_g in (None, 4):
+            _check_error_feedback(qp, n, h, group, k, dtype, "cuda", seed=n * h, block_g=block_g)
+        _check_peers(qp, n, h, group, k, dtype, "cuda", seed=n + 2 * h)
