@@ -104,28 +104,38 @@ def plot(paths: list[str], png: str) -> None:
     runs = [json.loads(Path(p).read_text()) for p in paths]
     fig, axes = plt.subplots(2, len(runs), figsize=(5.5 * len(runs), 7), squeeze=False)
     for j, r in enumerate(runs):
-        mb = [row["bytes"] / 2**20 for row in r["rows"]]
+        rows = r["rows"]
+        mb = [row["bytes"] / 2**20 for row in rows]
         ax = axes[0][j]
         for key, label in (("nccl_bf16_s", "NCCL bf16 all-reduce"), ("one_shot_s", "quantized one-shot"),
-                           ("pipelined_s", "one-shot, 4 chunks"),
-                           ("two_shot_s", "quantized two-shot"), ("allgather_payload_s", "all-gather of payload")):
-            if key in r["rows"][0]:
-                ax.loglog(mb, [row[key] * 1e6 for row in r["rows"]], marker="o", ms=3, label=label)
+                           ("pipelined_s", "one-shot, 4 chunks"), ("two_shot_s", "quantized two-shot"),
+                           ("p2p_s", "one-shot, kernel pushes to peer"),
+                           ("allgather_payload_s", "all-gather of payload"),
+                           ("nccl_bf16_graph_s", "NCCL bf16, CUDA graph"), ("one_shot_graph_s", "one-shot, CUDA graph"),
+                           ("p2p_graph_s", "peer push, CUDA graph")):
+            if isinstance(rows[0].get(key), float):
+                ax.loglog(mb, [row[key] * 1e6 for row in rows], marker="o", ms=3, label=label,
+                          ls="--" if "graph" in key else "-")
         ax.set_title(f"{r['tag']}: {r['world_size']} x {r['device']}")
         ax.set_xlabel("message (MB, bf16)")
         ax.set_ylabel("latency (us)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         ax = axes[1][j]
-        ax.semilogx(mb, [row["speedup_one_shot"] for row in r["rows"]], marker="o", ms=3, label="one-shot")
-        ax.semilogx(mb, [row["speedup_two_shot"] for row in r["rows"]], marker="o", ms=3, label="two-shot")
-        if "speedup_pipelined" in r["rows"][0]:
-            ax.semilogx(mb, [row["speedup_pipelined"] for row in r["rows"]], marker="o", ms=3, label="4 chunks")
+        for key, label in (("speedup_one_shot", "one-shot"), ("speedup_two_shot", "two-shot"),
+                           ("speedup_pipelined", "4 chunks"), ("speedup_p2p", "peer push"),
+                           ("speedup_one_shot_graph", "one-shot, graphs"), ("speedup_p2p_graph", "peer push, graphs")):
+            if key in rows[0]:
+                ax.semilogx(mb, [row.get(key, float("nan")) for row in rows], marker="o", ms=3, label=label,
+                            ls="--" if "graph" in key else "-")
         ax.axhline(1.0, color="k", lw=0.8)
+        target = 3.0 if r.get("nccl_p2p_disable") == "1" else 2.5  # issue #7, from 32 MB
+        ax.axhline(target, color="r", lw=0.8, ls=":", label=f"target {target}x (>= 32 MB)")
+        ax.set_ylim(0, max(ax.get_ylim()[1], target * 1.1))
         ax.set_xlabel("message (MB, bf16)")
         ax.set_ylabel("speed-up vs NCCL bf16")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.suptitle(f"quantized all-reduce ({runs[0]['bits_per_value']:.3f} bits/value incl. scales and outliers)")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
