@@ -8,7 +8,8 @@ heads, MLP 14336, vocab 128256; `--shape 70b`: Llama-3-70B, dim 8192, 80 layers,
 28672, for TP=4/8; `--layers N` keeps the first N layers) and random bf16 weights: built on the meta device, sharded by
 `apply_tp`, filled on the GPU. Prefill = one forward of a [1, S] prompt (last-position logits),
 median of 3 after a warm-up, max over ranks. Decode = greedy steps with the KV cache, batch 1 and
-16. Communication modes: plain NCCL bf16; quantized one-shot (error feedback, the default), one-shot over 4
+16 (`--graphs`: prefill timed as CUDA-graph replays, as the engine's prefill graphs run it). Communication
+modes: plain NCCL bf16; quantized one-shot (error feedback, the default), one-shot over 4
 row chunks (pipelined) and two-shot, behind a 1 MB gate (decode-sized messages stay on NCCL).
 """
 
@@ -57,6 +58,23 @@ def timed(fn, dev, reps: int) -> float:
     return median_max_over_ranks(ts, dev)
 
 
+def graphed(fn, dev: torch.device):
+    """fn captured in a CUDA graph after two warm-up calls on a side stream (the quantized paths allocate
+    their buffers on first use); returns the replay. CPU: fn itself."""
+    if dev.type != "cuda":
+        return fn
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
+
+
 def build(shape: dict, dev: torch.device, dtype: torch.dtype) -> Transformer:
     args = ModelArgs(model_type="llama", **shape)
     with torch.device("meta"):
@@ -103,6 +121,8 @@ def main() -> None:
     ap.add_argument("--prompts", default="2048,8192")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="8b")
     ap.add_argument("--layers", type=int, default=0, help="keep only the first N layers (0: all)")
+    ap.add_argument("--graphs", action="store_true",
+                    help="time prefill as CUDA-graph replays (the engine's prefill_graphs): device time, no host cost")
     args = ap.parse_args()
     if args.plot:
         plot(args.plot, args.png)
@@ -129,7 +149,7 @@ def main() -> None:
              "quant_two_shot": QuantAllReduce(QuantCommConfig(min_bytes=min_bytes, mode="two_shot"), cal)}
     if p2p.available(None, dev):  # one-shot, the quantize kernel pushing into mapped peer buffers
         modes["quant_p2p"] = QuantAllReduce(QuantCommConfig(min_bytes=min_bytes, transport="p2p"), cal)
-    res = {"tag": args.tag, "world_size": w, "shape": shape, "dtype": str(dtype), "smoke": smoke,
+    res = {"tag": args.tag, "world_size": w, "shape": shape, "dtype": str(dtype), "smoke": smoke, "graphs": args.graphs,
            "nccl_p2p_disable": os.environ.get("NCCL_P2P_DISABLE", ""), "gate_min_bytes": min_bytes,
            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
            "prefill": {}, "decode": {}}
@@ -141,7 +161,11 @@ def main() -> None:
             for name, q in modes.items():
                 comm.set_quantizer(q)
                 comm.stats.clear()
-                t = timed(lambda tokens=tokens, pos=pos: model(tokens, pos, fresh=True, last_only=True), dev, reps)
+                fn = lambda tokens=tokens, pos=pos: model(tokens, pos, fresh=True, last_only=True)  # noqa: E731
+                if args.graphs:
+                    fn = graphed(fn, dev)
+                t = timed(fn, dev, reps)
+                del fn  # a captured graph holds its memory pool
                 res["prefill"].setdefault(str(s), {})[name] = {"ttft_s": t, "stats": dict(comm.stats)}
                 if st.rank == 0:
                     print(f"prefill {s:6d} tokens  {name:15s} TTFT {t * 1e3:8.2f} ms  {dict(comm.stats)}", flush=True)
