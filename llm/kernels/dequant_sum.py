@@ -53,53 +53,13 @@ NUM_WARPS = 4
 if triton is not None:
 
     @triton.jit
-    def _ld_acquire_sys(ptr):
-        """A 32-bit load with system-scope acquire semantics (sees the peer GPU's released stores)."""
-        return tl.inline_asm_elementwise("ld.acquire.sys.global.b32 $0, [$1];", "=r,l", [ptr], dtype=tl.int32,
-                                         is_pure=False, pack=1)
-
-    @triton.jit
-    def _st_release_sys(ptr, val):
-        """A 32-bit store with system-scope release semantics."""
-        return tl.inline_asm_elementwise("st.release.sys.global.b32 [$1], $2; mov.b32 $0, 0;", "=r,l,r", [ptr, val],
-                                         dtype=tl.int32, is_pure=False, pack=1)
-
-    @triton.jit
-    def _globaltimer(like):
-        return tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [like], dtype=tl.int64, is_pure=False,
-                                         pack=1)
-
-    @triton.jit
-    def _trap(like):
-        return tl.inline_asm_elementwise("trap; mov.b32 $0, 0;", "=r,r", [like], dtype=tl.int32, is_pure=False,
-                                         pack=1)
-
-    @triton.jit
-    def _dequant_sum_kernel(buf_ptr, idx_ptr, out_ptr, sync_ptr, peer_ptr, RANK_BYTES, N, PB, H2, NG, K, OFF_S,
-                            OFF_O, stride_o, stride_ow, TIMEOUT_NS, W: tl.constexpr, GROUP: tl.constexpr,
-                            BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr, PAIRED: tl.constexpr,
-                            EVEN: tl.constexpr, HAS_OUTL: tl.constexpr, INTERP: tl.constexpr, WAIT: tl.constexpr):
+    def _dequant_sum_kernel(buf_ptr, idx_ptr, out_ptr, RANK_BYTES, N, PB, H2, NG, K, OFF_S, OFF_O, stride_o,
+                            stride_ow, W: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
+                            BLOCK_K: tl.constexpr, PAIRED: tl.constexpr, EVEN: tl.constexpr,
+                            HAS_OUTL: tl.constexpr, INTERP: tl.constexpr):
         # One program: BLOCK_R rows x BLOCK_G groups of every rank's message, accumulated in fp32 and
         # written once. Channels are held as pairs (2j, 2j+1): a byte's two nibbles stay in one lane.
         # stride_o in elements, stride_ow in 32-bit words (PAIRED); OFF_S / OFF_O in bytes.
-        # WAIT (the p2p transport): the peer pushed its message into bufs in the kernel before this one; the
-        # barrier between the two is done here instead of by a kernel of its own. sync_ptr: int32 [flag, epoch,
-        # done] of this rank's workspace; flag is written by the peer (peer_ptr[0]: byte distance to the
-        # peer's copy of the workspace), epoch counts the reductions, done this call's finished programs.
-        if WAIT:
-            target = tl.load(sync_ptr + 1, volatile=True) + 1
-            if tl.program_id(0) + tl.program_id(1) < 4:  # a few programs of the first wave tell the peer:
-                # our previous kernel (the quantize that pushed to the peer) has completed, so the release
-                # makes its stores visible to the peer before the flag (stream order, then release)
-                dp = tl.load(peer_ptr)
-                _st_release_sys((sync_ptr.to(tl.pointer_type(tl.int8), bitcast=True) + dp).to(
-                    tl.pointer_type(tl.int32), bitcast=True), target)
-            t0 = _globaltimer(target)
-            v = _ld_acquire_sys(sync_ptr)
-            while v - target < 0:  # (wrap-safe) until the peer's flag reaches this reduction
-                v = _ld_acquire_sys(sync_ptr)
-                if _globaltimer(target) - t0 > TIMEOUT_NS:
-                    _trap(target)  # a dead peer: fail with a CUDA error instead of hanging
         r, g, j, ok, m0, m1 = tile(N, PB, H2, NG, GROUP, BLOCK_R, BLOCK_G, EVEN)
         r64 = r.to(tl.int64)
         acc0 = tl.zeros(j.shape, dtype=tl.float32)
@@ -128,30 +88,18 @@ if triton is not None:
                 ol += RANK_BYTES // 2
             tl.debug_barrier()
             tl.store(out_ptr + rk64 * stride_o + idx[None, :], a.to(out_ptr.dtype.element_ty), mask=mo)
-        if WAIT:
-            # the last program to finish (every program has read the epoch by then) advances it
-            n_prog = tl.num_programs(0) * tl.num_programs(1)
-            if tl.atomic_add(sync_ptr + 2, 1, sem="acq_rel", scope="gpu") == n_prog - 1:
-                tl.store(sync_ptr + 2, 0)
-                tl.store(sync_ptr + 1, target)
 
     _launch = Launcher(_dequant_sum_kernel)
 
 
 def dequant_sum(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor, keep: torch.Tensor | None = None,
                 out_dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None,
-                block_g: int | None = None, num_warps: int | None = None, block_r: int | None = None,
-                sync: torch.Tensor | None = None, peers: torch.Tensor | None = None,
-                timeout_ms: int = 30_000) -> torch.Tensor:
+                block_g: int | None = None, num_warps: int | None = None, block_r: int | None = None) -> torch.Tensor:
     """Triton launcher, one kernel for groups and outlier channels: same result as `dequant_sum_ref`.
 
     bufs is [W, >= lay.total] uint8, rows contiguous, row stride a multiple of 16; outlier_idx int32,
     sorted; keep is unused (the quantize side's signature). out ([N, H], unit stride along H) may be the tensor that was quantized: the sum
     overwrites it in place. One launch, no allocation when `out` is given, no host sync.
-
-    sync / peers (the p2p transport, `llm.parallel.p2p.P2PWorkspace.sync` / its peer distances): before
-    reading bufs, wait for the peer's pushes of this reduction (a flag it raises, with the epoch this rank
-    counts), raising this rank's flag at the peer; a peer silent for timeout_ms traps (CUDA error).
     """
     if triton is None:
         raise RuntimeError("triton is not installed; use dequant_sum_ref")
@@ -161,24 +109,19 @@ def dequant_sum(bufs: torch.Tensor, lay: Layout, outlier_idx: torch.Tensor, keep
     if out is None:
         out = torch.empty(n, h, dtype=out_dtype, device=bufs.device)
     so = out.stride(0)
-    wait = sync is not None
-    if wait and (peers is None or peers.numel() != 1 or w != 2):
-        raise ValueError("dequant_sum waits for exactly one peer (TP=2 p2p transport)")
     key = (w, n, h, lay.group, k, so, out.dtype, block_g, block_r, num_warps, bufs.data_ptr() % 16,
-           out.data_ptr() % 16, bufs.stride(0), wait, timeout_ms)
+           out.data_ptr() % 16, bufs.stride(0))
     plan = _plans.get(key)
     if plan is None:
         br, bg = tile_shape(n, lay.n_groups, block_g, block_r, TILE_GROUPS)
-        meta = (w, lay.group, br, bg, block_k(k), pairable(out), h % lay.group == 0, k > 0, INTERPRET, wait)
+        meta = (w, lay.group, br, bg, block_k(k), pairable(out), h % lay.group == 0, k > 0, INTERPRET)
         plan = ((-(-n // br), -(-lay.n_groups // bg), 1),
                 (bufs.stride(0), n, lay.packed_bytes, h // 2, lay.n_groups, k, lay.off_scales, lay.off_outliers, so,
-                 so // 2, timeout_ms * 1_000_000) + meta)
+                 so // 2) + meta)
         if len(_plans) > 1024:  # prefill lengths vary: keep the cache bounded
             _plans.clear()
         _plans[key] = plan
-    # without a wait, sync and peers are never read: any tensor stands in for them
-    _launch(key, plan[0], (bufs, outlier_idx, out, sync if wait else outlier_idx, peers if wait else outlier_idx)
-            + plan[1], num_warps)
+    _launch(key, plan[0], (bufs, outlier_idx, out) + plan[1], num_warps)
     return out
 
 

@@ -11,16 +11,12 @@ quantize kernel moves the message itself:
 - the quantize kernel writes its message into its own slot and, through those distances, into the same
   slot of every peer's buffer (`quantize_pack(..., peers=)`): stores over NVLink, overlapped with the
   kernel's arithmetic, no copy and no NCCL call;
-- the dequant+sum kernel itself orders those stores before it reads its now complete local buffer (no
-  barrier kernel, session 13): a few of its first programs raise this rank's flag in the peer's workspace
-  with a system-scope release (the pushing quantize kernel, the previous kernel on the stream, has
-  completed), and every program waits with system-scope acquire loads until the peer's flag in this
-  workspace reaches the reduction's epoch (`sync`: int32 [flag, epoch, done] after the buffers; the last
-  program to finish advances the epoch, so replays of captured graphs count on by themselves).
+- one barrier kernel (signal pads, system-scope release / acquire) orders those stores before each
+  rank's dequant+sum reads its now complete local buffer.
 
-Two buffers alternate: a rank's push of call i+2 into buffer i % 2 can only start after its dequant of
-call i+1 saw the peer's flag of i+1, which the peer raises only in its dequant of call i+1, after its
-dequant+sum of call i has read that buffer (stream order). So one flag per reduction and rank. Everything is a kernel on the current stream: no host sync, capturable in a
+Two buffers alternate: a rank's push of call i+2 into buffer i % 2 can only start after barrier i+1,
+which every peer reaches only after its dequant+sum of call i has read that buffer (stream order). So
+one barrier per reduction. Everything is a kernel on the current stream: no host sync, capturable in a
 CUDA graph once the workspace is large enough (grown, collectively, on first use of a size). A graph
 replays the buffers it captured, so it must hold an even number of these reductions (a transformer
 forward holds two per layer) or end with another collective: with an odd number, replay i+1's first push
@@ -44,11 +40,10 @@ import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
-# a dequant that waits longer than this for its peer's flag traps the kernel (a dead rank): the process
-# fails with a CUDA error instead of hanging (the service's rank watchdog then reports it)
+# a barrier that waits longer than this for a peer traps the kernel (a dead rank): the process fails
+# with a CUDA error instead of hanging (the service's rank watchdog then reports it)
 BARRIER_TIMEOUT_MS = 30_000
 _MIN_BYTES = 16 << 20  # smallest workspace: decode-sized messages never reallocate
-_SYNC_BYTES = 256       # after the buffers: int32 [flag (written by the peer), epoch, done]
 
 
 def available(group=None, device: torch.device | None = None) -> bool:
@@ -75,8 +70,6 @@ class P2PWorkspace:
     """A symmetric [2 x W x bytes] gather workspace of one process group and the byte distances to
     the peers' copies of it."""
 
-    timeout_ms = BARRIER_TIMEOUT_MS  # how long a dequant waits for the peer's flag before trapping
-
     def __init__(self, group=None, device: torch.device | None = None) -> None:
         self.group = group
         self.device = device or torch.device("cuda", torch.cuda.current_device())
@@ -85,19 +78,13 @@ class P2PWorkspace:
         self._buf: torch.Tensor | None = None
         self._handle = None
         self._deltas: torch.Tensor | None = None  # int64 [W-1] on the device
-        self._sync: torch.Tensor | None = None    # int32 [flag, epoch, done] (module doc)
         self._views: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._parity = 0
         self.captured = 0  # reductions recorded into CUDA graphs (their count must be even, see above)
 
     @property
     def capacity(self) -> int:
-        return 0 if self._buf is None else self._buf.numel() - _SYNC_BYTES
-
-    @property
-    def sync(self) -> torch.Tensor:
-        """int32 [flag, epoch, done] of this rank's workspace, for `dequant_sum(..., sync=, peers=)`."""
-        return self._sync
+        return 0 if self._buf is None else self._buf.numel()
 
     def _grow(self, need: int) -> None:
         """Allocate and rendezvous a workspace of at least `need` bytes (collective: every rank calls it
@@ -115,17 +102,14 @@ class P2PWorkspace:
                 warnings.simplefilter("ignore", FutureWarning)
                 enable(name)
         torch.cuda.current_stream().synchronize()  # the old workspace may still be read
-        buf = symm_mem.empty(size + _SYNC_BYTES, dtype=torch.uint8, device=self.device)
-        sync = buf[size: size + 16].view(torch.int32)
-        sync.zero_()  # both ranks start at epoch 0, before either can raise a flag here (rendezvous below)
-        torch.cuda.current_stream().synchronize()
+        buf = symm_mem.empty(size, dtype=torch.uint8, device=self.device)
         handle = symm_mem.rendezvous(buf, name)
         peers = [r for r in range(self.world) if r != self.rank]
         base = buf.data_ptr()
-        deltas = [handle.get_buffer(r, (size + _SYNC_BYTES,), torch.uint8).data_ptr() - base for r in peers]
+        deltas = [handle.get_buffer(r, (size,), torch.uint8).data_ptr() - base for r in peers]
         if any(d % 16 for d in deltas):
             raise RuntimeError(f"symmetric buffers are not 16-byte aligned to each other: {deltas}")
-        self._buf, self._handle, self._sync = buf, handle, sync
+        self._buf, self._handle = buf, handle
         self._deltas = torch.tensor(deltas, dtype=torch.int64, device=self.device)
         self._views.clear()
         log.info("p2p workspace: %d MB on rank %d (%d peers)", size >> 20, self.rank, len(peers))
@@ -147,3 +131,7 @@ class P2PWorkspace:
             rows = self._buf[off: off + self.world * stride].view(self.world, stride)[:, :nbytes]
             v = self._views[key] = (rows, rows[self.rank])
         return v[0], v[1], self._deltas
+
+    def barrier(self) -> None:
+        """Every rank's pushes into this rank's buffer are complete and visible after this (stream order)."""
+        self._handle.barrier(channel=0, timeout_ms=BARRIER_TIMEOUT_MS)

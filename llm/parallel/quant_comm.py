@@ -281,14 +281,12 @@ class QuantAllReduce:
         return qp.quantize_pack_ref(x2, s.idx_long, self.cfg.group_size, out=out, err=err, err_in=err_in)
 
     def dequant_sum(self, bufs: torch.Tensor, lay: qp.Layout, s: _Site, dtype: torch.dtype,
-                    out: torch.Tensor | None = None, sync: torch.Tensor | None = None,
-                    peers: torch.Tensor | None = None, timeout_ms: int = 30_000) -> torch.Tensor:
-        """Sum of the W messages in bufs [W, lay.total], as [N, H] of dtype (into out if given); with sync and
-        peers (the p2p transport, Triton only), after waiting for the peer's push (`llm.parallel.p2p`)."""
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+        """Sum of the W messages in bufs [W, lay.total], as [N, H] of dtype (into out if given)."""
         if self._triton(bufs):
             br, bg, nw = self.cfg.dequant_tile or (None, None, None)
             return ds.dequant_sum(bufs, lay, s.idx, s.keep, out_dtype=dtype, out=out, block_g=bg, num_warps=nw,
-                                  block_r=br, sync=sync, peers=peers, timeout_ms=timeout_ms)
+                                  block_r=br)
         res = ds.dequant_sum_ref(bufs, lay, s.idx_long, out_dtype=dtype)
         if out is not None:
             out.copy_(res)
@@ -388,14 +386,12 @@ class QuantAllReduce:
             # the kernel writes the message into this rank's row here and in every peer's buffer
             bufs, mine, peers = ws.slot(lay.total)
             self.quantize(x2, s, out=mine, err=err, err_in=carry, peers=peers)
-            # x2 has been consumed by the quantize kernel (stream order); the dequant waits for the peer's push
-            out = self.dequant_sum(bufs, lay, s, x.dtype, out=x2, sync=ws.sync, peers=peers,
-                                   timeout_ms=ws.timeout_ms)
-            return out if x2 is x else out.view(shape)
-        bufs, flat, mine = self._buffer("one", w, lay.total, x.device, rank)
-        # quantize straight into this rank's slot of the gather buffer (in-place all-gather)
-        self.quantize(x2, s, out=mine, err=err, err_in=carry)
-        _gather(flat, mine, group=self.group)
+            ws.barrier()
+        else:
+            bufs, flat, mine = self._buffer("one", w, lay.total, x.device, rank)
+            # quantize straight into this rank's slot of the gather buffer (in-place all-gather)
+            self.quantize(x2, s, out=mine, err=err, err_in=carry)
+            _gather(flat, mine, group=self.group)
         # x2 has been consumed by the quantize kernel (stream order): the sum goes into it
         out = self.dequant_sum(bufs, lay, s, x.dtype, out=x2)
         return out if x2 is x else out.view(shape)
