@@ -7,8 +7,8 @@ The model is `llm.model.Transformer` with a Llama-3-8B shape (dim 4096, 32 layer
 heads, MLP 14336, vocab 128256; `--shape 70b`: Llama-3-70B, dim 8192, 80 layers, 64 heads, MLP
 28672, for TP=4/8; `--layers N` keeps the first N layers) and random bf16 weights: built on the meta device, sharded by
 `apply_tp`, filled on the GPU. Prefill = one forward of a [1, S] prompt (last-position logits),
-median of 3 after a warm-up, max over ranks. Decode = greedy steps with the KV cache, batch 1 and
-16 (`--graphs`: prefill timed as CUDA-graph replays, as the engine's prefill graphs run it). Communication
+median of 3 after a warm-up, max over ranks (`--graphs`: timed as CUDA-graph replays, as the engine's
+prefill graphs run it). Decode = greedy steps with the KV cache, batch 1 and 16. Communication
 modes: plain NCCL bf16; quantized one-shot (error feedback, the default), one-shot over 4
 row chunks (pipelined) and two-shot, behind a 1 MB gate (decode-sized messages stay on NCCL).
 """
